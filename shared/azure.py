@@ -1,0 +1,137 @@
+"""The one place that turns settings into credentials and SDK clients.
+
+Endpoint overrides and the CA bundle are applied here, so every other module is the same code in Azure and
+against the local emulator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.data.tables.aio import TableServiceClient
+from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
+from azure.keyvault.secrets.aio import SecretClient
+from azure.mgmt.containerservice.aio import ContainerServiceClient
+from azure.mgmt.resourcegraph.aio import ResourceGraphClient
+from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.queue.aio import QueueServiceClient
+from kiota_authentication_azure.azure_identity_authentication_provider import (
+    AzureIdentityAuthenticationProvider,
+)
+from msgraph.graph_request_adapter import GraphRequestAdapter
+from msgraph.graph_service_client import GraphServiceClient
+from msgraph_core import GraphClientFactory
+
+from shared.settings import Settings
+
+PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
+# Token audiences are fixed by Entra, whatever endpoint the requests are sent to.
+ARM_AUDIENCE = "https://management.azure.com"
+GRAPH_AUDIENCE = "https://graph.microsoft.com"
+
+
+def _verify(settings: Settings) -> str | bool:
+    return settings.ca_bundle or True
+
+
+def _transport_kwargs(settings: Settings) -> dict[str, Any]:
+    return {"connection_verify": _verify(settings)}
+
+
+def _scope(endpoint: str) -> str:
+    return endpoint.rstrip("/") + "/.default"
+
+
+def _identity_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"authority": settings.authority_host, **_transport_kwargs(settings)}
+    if settings.authority_host != PUBLIC_AUTHORITY:
+        # A sovereign or emulated authority: do not resolve it through login.microsoftonline.com.
+        kwargs["disable_instance_discovery"] = True
+    return kwargs
+
+
+def product_credential(settings: Settings) -> AsyncTokenCredential:
+    """The product's own identity: a client secret locally, the user-assigned managed identity in Azure."""
+    if settings.client_secret is not None:
+        return ClientSecretCredential(
+            settings.tenant_id,
+            settings.client_id,
+            settings.client_secret.get_secret_value(),
+            **_identity_kwargs(settings),
+        )
+    return ManagedIdentityCredential(client_id=settings.client_id)
+
+
+def secret_credential(settings: Settings, app_id: str, secret: str, **kwargs: Any) -> ClientSecretCredential:
+    """A credential for an arbitrary app + secret, used to prove Entra accepts a new secret."""
+    return ClientSecretCredential(settings.tenant_id, app_id, secret, **_identity_kwargs(settings), **kwargs)
+
+
+def container_service(
+    settings: Settings, credential: AsyncTokenCredential, subscription_id: str, **kwargs: Any
+) -> ContainerServiceClient:
+    return ContainerServiceClient(
+        credential,
+        subscription_id,
+        base_url=settings.arm_endpoint,
+        credential_scopes=[_scope(ARM_AUDIENCE)],
+        **_transport_kwargs(settings),
+        **kwargs,
+    )
+
+
+def resource_graph(settings: Settings, credential: AsyncTokenCredential, **kwargs: Any) -> ResourceGraphClient:
+    return ResourceGraphClient(
+        credential,
+        base_url=settings.arm_endpoint,
+        credential_scopes=[_scope(ARM_AUDIENCE)],
+        **_transport_kwargs(settings),
+        **kwargs,
+    )
+
+
+def secret_client(settings: Settings, credential: AsyncTokenCredential, **kwargs: Any) -> SecretClient:
+    return SecretClient(
+        settings.key_vault_url,
+        credential,
+        verify_challenge_resource=urlparse(settings.key_vault_url).hostname != "127.0.0.1",
+        **_transport_kwargs(settings),
+        **kwargs,
+    )
+
+
+def graph_client(settings: Settings, credential: AsyncTokenCredential) -> GraphServiceClient:
+    """msgraph-sdk on the configured Graph endpoint (see docs: base_url must be set explicitly)."""
+    host = urlparse(settings.graph_endpoint).hostname or "graph.microsoft.com"
+    auth = AzureIdentityAuthenticationProvider(credential, scopes=[_scope(GRAPH_AUDIENCE)], allowed_hosts=[host])
+    http = GraphClientFactory.create_with_default_middleware(
+        client=httpx.AsyncClient(verify=_verify(settings), timeout=httpx.Timeout(30.0))
+    )
+    adapter = GraphRequestAdapter(auth, client=http)
+    adapter.base_url = settings.graph_endpoint + "/v1.0"
+    return GraphServiceClient(request_adapter=adapter)
+
+
+def _storage_url(settings: Settings, service: str) -> str:
+    return f"https://{settings.storage_account_name}.{service}.core.windows.net"
+
+
+def queue_service(settings: Settings, credential: AsyncTokenCredential) -> QueueServiceClient:
+    if settings.storage_connection_string is not None:
+        return QueueServiceClient.from_connection_string(settings.storage_connection_string.get_secret_value())
+    return QueueServiceClient(_storage_url(settings, "queue"), credential=credential)
+
+
+def blob_service(settings: Settings, credential: AsyncTokenCredential) -> BlobServiceClient:
+    if settings.storage_connection_string is not None:
+        return BlobServiceClient.from_connection_string(settings.storage_connection_string.get_secret_value())
+    return BlobServiceClient(_storage_url(settings, "blob"), credential=credential)
+
+
+def table_service(settings: Settings, credential: AsyncTokenCredential) -> TableServiceClient:
+    if settings.storage_connection_string is not None:
+        return TableServiceClient.from_connection_string(settings.storage_connection_string.get_secret_value())
+    return TableServiceClient(_storage_url(settings, "table"), credential=credential)
