@@ -1,0 +1,36 @@
+"""Fixtures for the local Azure emulator: one process per test session, reset to a known estate per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from azure.keyvault.secrets._shared import http_challenge_cache
+
+from emulator import estate
+from emulator.sandbox import EmulatorControl, EmulatorProcess, settings_env
+from shared.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def emulator_process() -> Iterator[EmulatorProcess]:
+    proc = EmulatorProcess()
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+@pytest.fixture
+def emulator(emulator_process: EmulatorProcess) -> EmulatorControl:
+    """The emulator, reset to the demo estate with no faults. Tests may `reset()` it to their own estate."""
+    control = emulator_process.control
+    control.reset(estate.demo())
+    http_challenge_cache.clear()  # the Key Vault SDK caches challenges per host:port, process-wide
+    return control
+
+
+@pytest.fixture
+def emu_settings(emulator: EmulatorControl) -> Settings:
+    """Settings pointing every Azure client at the emulator (storage left at a placeholder)."""
+    return Settings.from_env(settings_env(emulator.ready, "UseDevelopmentStorage=true"))
