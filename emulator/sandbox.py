@@ -112,8 +112,10 @@ class EmulatorProcess:
         ready_file = self._dir / "ready.json"
         self._log = (self._dir / "emulator.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "emulator", "serve", "--port", "0", "--ready-file", str(ready_file)]
-            + ["--state-dir", str(self._dir), *serve_args],
+            [
+                *(sys.executable, "-m", "emulator", "serve", "--port", "0"),
+                *("--ready-file", str(ready_file), "--state-dir", str(self._dir), *serve_args),
+            ],
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -72,9 +72,9 @@ STEPS: Final[tuple[str, ...]] = get_args(Step)
 class CredentialKind(enum.StrEnum):
     """What is rotated. `aad_server_secret` (legacy AAD integration) is reported only, never queued."""
 
-    SP_SECRET = "sp_secret"
+    SP_SECRET = "sp_secret"  # noqa: S105 (a kind name, not a secret)
     CLUSTER_CERTIFICATE = "cluster_certificate"
-    AAD_SERVER_SECRET = "aad_server_secret"
+    AAD_SERVER_SECRET = "aad_server_secret"  # noqa: S105
 
     @property
     def queueable(self) -> bool:

@@ -1,0 +1,350 @@
+"""Structured (JSON) logs that never carry secrets, and alert-level records.
+
+* `configure_logging()` installs one JSON-lines handler on the root logger (idempotent) and the `SecretRedactor`
+  filter on every root handler, including handlers the Functions host installed before us.
+* `register_secret()` is called by the code that handles a new secret the moment it exists; from then on the
+  value is replaced by `***` wherever it would be logged: message, arguments, extra fields, exception text.
+  Well-known secret shapes (client_secret=, "secretText": "...", Bearer tokens, SAS sig=, AccountKey=, ...)
+  are redacted even when never registered.
+* `log_event()` / `alert()` write records with an `event` name that alert rules match on.
+
+This module is pure (no I/O beyond the stream it is given).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any, Final, Literal
+from urllib.parse import quote
+
+from pydantic import SecretStr
+
+__all__ = [
+    "ALERT_EVENTS",
+    "EVENT_CREDENTIAL_OVERDUE",
+    "EVENT_INPUT_REJECTED",
+    "EVENT_KEYVAULT_SECRET_EXPIRED",
+    "EVENT_ROTATION_FAILED",
+    "EVENT_ROTATION_POISON",
+    "MASK",
+    "AlertEvent",
+    "JsonFormatter",
+    "SecretRedactor",
+    "alert",
+    "clear_secrets",
+    "configure_logging",
+    "log_event",
+    "redact",
+    "register_secret",
+]
+
+MASK: Final = "***"
+MAX_SECRETS: Final = 10_000
+MIN_SECRET_LENGTH: Final = 8  # shorter values would mangle ordinary log text; real secrets are far longer
+
+EVENT_ROTATION_FAILED: Final = "rotation.failed"
+EVENT_ROTATION_POISON: Final = "rotation.poison"
+EVENT_CREDENTIAL_OVERDUE: Final = "credential.overdue"
+EVENT_KEYVAULT_SECRET_EXPIRED: Final = "keyvault.secret_expired"
+EVENT_INPUT_REJECTED: Final = "input.rejected"  # log_event at WARNING, not an alert
+
+AlertEvent = Literal["rotation.failed", "rotation.poison", "credential.overdue", "keyvault.secret_expired"]
+ALERT_EVENTS: Final = frozenset(
+    {EVENT_ROTATION_FAILED, EVENT_ROTATION_POISON, EVENT_CREDENTIAL_OVERDUE, EVENT_KEYVAULT_SECRET_EXPIRED}
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Redaction
+# --------------------------------------------------------------------------------------------------------------
+
+_QUOTED_KEYS = (
+    "secretText|value|client_secret|clientSecret|password|access_token|refresh_token|id_token|client_assertion"
+    "|accountKey|AccountKey|sharedAccessSignature|privateKey|private_key"
+)
+_PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
+    # PEM private keys (certificate material).
+    (
+        re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.DOTALL),
+        MASK,
+    ),
+    # JSON / Python-repr style: "secretText": "...", 'value': '...'.
+    (
+        re.compile(r"""(?P<k>(?P<q>["'])(?:""" + _QUOTED_KEYS + r""")(?P=q)\s*:\s*)(?P<v>["'])(?:(?!(?P=v))[^\\]|\\.)*(?P=v)"""),
+        r"\g<k>\g<v>" + MASK + r"\g<v>",
+    ),
+    # Authorization header values of any scheme, then bare Bearer/Basic tokens anywhere.
+    (re.compile(r"""(?i)(?P<k>\bauthorization["']?\s*[:=]\s*["']?)[^"'\r\n,}]+"""), r"\g<k>" + MASK),
+    (re.compile(r"(?i)\b(?P<k>bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\g<k> " + MASK),
+    # Unlabelled JWTs.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),
+    # key=value forms: client_secret=..., password: ..., connection-string AccountKey=..., SAS sig=...
+    (
+        re.compile(
+            r"(?i)(?<![A-Za-z0-9_])(?P<k>(?:client_secret|client_assertion|password|access_token|refresh_token"
+            r"|accountkey|sharedaccesskey|sharedaccesssignature)\s*[=:]\s*|sig=)(?P<v>[^&;\s\"',}]+)"
+        ),
+        r"\g<k>" + MASK,
+    ),
+)
+
+
+class _Registry:
+    """Process-wide, bounded set of known secret values (oldest forgotten first)."""
+
+    _PREFIX = MIN_SECRET_LENGTH
+    _SCAN_THRESHOLD = 32  # above this many values, index by prefix instead of searching for each
+
+    def __init__(self, capacity: int = MAX_SECRETS) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._values: dict[str, None] = {}  # insertion-ordered
+        self._snapshot: tuple[str, ...] = ()
+        self._index: dict[str, tuple[str, ...]] = {}
+
+    def add(self, value: str) -> bool:
+        if len(value) < MIN_SECRET_LENGTH:
+            return False
+        with self._lock:
+            self._values.pop(value, None)
+            self._values[value] = None
+            while len(self._values) > self._capacity:
+                del self._values[next(iter(self._values))]
+            self._rebuild()
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        values = tuple(sorted(self._values, key=len, reverse=True))  # longest first: no partial masks
+        index: dict[str, list[str]] = {}
+        for value in values:
+            index.setdefault(value[: self._PREFIX], []).append(value)
+        self._snapshot = values
+        self._index = {prefix: tuple(group) for prefix, group in index.items()}
+
+    def __len__(self) -> int:
+        return len(self._snapshot)
+
+    def redact(self, text: str) -> str:
+        values, index = self._snapshot, self._index  # consistent view without the lock
+        if not values or len(text) < MIN_SECRET_LENGTH:
+            return text
+        if len(values) <= self._SCAN_THRESHOLD:
+            for value in values:
+                if value in text:
+                    text = text.replace(value, MASK)
+            return text
+        found: set[str] = set()
+        width = self._PREFIX
+        for i in range(len(text) - width + 1):
+            group = index.get(text[i : i + width])
+            if group:
+                found.update(value for value in group if text.startswith(value, i))
+        for value in sorted(found, key=len, reverse=True):
+            text = text.replace(value, MASK)
+        return text
+
+
+_REGISTRY: Final = _Registry()
+
+
+def register_secret(value: str | SecretStr | None) -> bool:
+    """Remember a secret value so it is masked in every log record from now on.
+
+    Call it the moment a secret exists (e.g. right after addPassword returns). Values shorter than
+    MIN_SECRET_LENGTH are not registered (returns False). The URL-encoded form is registered too.
+    """
+    if value is None:
+        return False
+    plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+    added = _REGISTRY.add(plain)
+    encoded = quote(plain, safe="")
+    if added and encoded != plain:
+        _REGISTRY.add(encoded)
+    return added
+
+
+def clear_secrets() -> None:
+    """Forget every registered value (tests)."""
+    _REGISTRY.clear()
+
+
+def redact(text: str) -> str:
+    """Mask registered secret values and well-known secret shapes in `text`."""
+    text = _REGISTRY.redact(text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth < 5 and isinstance(value, Mapping):
+        return {redact(str(k)): _redact_value(v, depth + 1) for k, v in value.items()}
+    if depth < 5 and isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v, depth + 1) for v in value]
+    return redact(str(value))
+
+
+_STANDARD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_DONE: Final = "_aks_rotator_redacted"
+
+
+def _extra_keys(record: logging.LogRecord) -> list[str]:
+    return [key for key in record.__dict__ if key not in _STANDARD_ATTRS and not key.startswith("_")]
+
+
+class SecretRedactor(logging.Filter):
+    """Masks secrets in a record before any handler formats it: message (with its arguments rendered), extra
+    fields, exception and stack text. The exception is kept as redacted text (`exc_text`), never as the live
+    exception object, so no later handler can render the unredacted message. Never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, _DONE, False):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # bad %-arguments: keep the template only
+            message = f"{record.msg} [unformattable log arguments]"
+        record.msg = redact(message)
+        record.args = None
+        for key in _extra_keys(record):
+            record.__dict__[key] = _redact_value(record.__dict__[key])
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        setattr(record, _DONE, True)
+        return True
+
+
+_REDACTOR: Final = SecretRedactor()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, then extra fields (event, rotation_id, alert, ...)."""
+
+    _CORE: Final = ("ts", "level", "logger", "msg")
+
+    def format(self, record: logging.LogRecord) -> str:
+        _REDACTOR.filter(record)  # also safe when used without the filter installed
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in _extra_keys(record):
+            payload[f"extra_{key}" if key in self._CORE else key] = record.__dict__[key]
+        if record.exc_text:
+            payload["exc"] = record.exc_text
+        if record.stack_info:
+            payload["stack"] = record.stack_info
+        return json.dumps(payload, ensure_ascii=False, default=lambda obj: redact(str(obj)))
+
+
+_TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marker type: the handler configure_logging installed."""
+
+
+_CONFIG_LOCK: Final = threading.Lock()
+_NOISY_LOGGERS: Final = ("azure", "msal", "urllib3", "httpx", "httpcore", "kiota", "msgraph", "aiohttp")
+
+
+def _install_redactor(handler: logging.Handler) -> None:
+    if not any(isinstance(f, SecretRedactor) for f in handler.filters):
+        handler.addFilter(_REDACTOR)
+
+
+def configure_logging(
+    level: str | int = "INFO", json_output: bool = True, *, stream: IO[str] | None = None, quiet_sdks: bool = True
+) -> logging.Handler | None:
+    """Configure the root logger; idempotent (a second call reconfigures, never adds a second handler).
+
+    * json_output=True: our JSON-lines handler on `stream` (stderr by default).
+    * json_output=False: plain text from our handler, unless other handlers (the Functions host's) are already
+      installed, in which case ours is removed and the host's handlers do the output.
+    * Always: the SecretRedactor on every root handler and on logging.lastResort. Call this after anything else
+      that adds root handlers (e.g. Azure Monitor), or call it again.
+    * quiet_sdks: Azure SDK / HTTP library loggers are held at WARNING unless level is DEBUG.
+    Returns our handler, or None when the host's handlers are used.
+    """
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError("log level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    root = logging.getLogger()
+    with _CONFIG_LOCK:
+        root.setLevel(numeric)
+        ours = [h for h in root.handlers if isinstance(h, _OurHandler)]
+        others = [h for h in root.handlers if not isinstance(h, _OurHandler)]
+        handler: _OurHandler | None = ours[0] if ours else None
+        for extra in ours[1:]:
+            root.removeHandler(extra)
+        if not json_output and others:
+            if handler is not None:
+                root.removeHandler(handler)
+            handler = None
+        else:
+            target = stream if stream is not None else sys.stderr
+            if handler is None:
+                handler = _OurHandler(target)
+                root.addHandler(handler)
+            elif handler.stream is not target:
+                handler.setStream(target)
+            handler.setFormatter(JsonFormatter() if json_output else logging.Formatter(_TEXT_FORMAT))
+        for each in root.handlers:
+            _install_redactor(each)
+        if logging.lastResort is not None:
+            _install_redactor(logging.lastResort)
+        if quiet_sdks:
+            for name in _NOISY_LOGGERS:
+                logging.getLogger(name).setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
+    return handler
+
+
+def log_event(
+    logger: logging.Logger,
+    level: int | str,
+    event: str,
+    message: str,
+    *,
+    alert: bool = False,
+    exc_info: Any = None,
+    **fields: Any,
+) -> None:
+    """Log `message` with `event=` (and `alert=`) plus `fields` as structured extra fields."""
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        numeric = logging.ERROR
+    extra: dict[str, Any] = {"event": event, "alert": alert}
+    for key, value in fields.items():
+        # LogRecord refuses extra keys that shadow its attributes; keep the value under another name.
+        extra[f"field_{key}" if key in _STANDARD_ATTRS else key] = value
+    logger.log(numeric, "%s", message, exc_info=exc_info, extra=extra, stacklevel=3)
+
+
+def alert(logger: logging.Logger, event: AlertEvent, message: str, *, exc_info: Any = None, **fields: Any) -> None:
+    """An alert-level record: ERROR, alert=True, event= one of ALERT_EVENTS (alert rules match on these)."""
+    log_event(logger, logging.ERROR, event, message, alert=True, exc_info=exc_info, **fields)
