@@ -74,7 +74,6 @@ def demo(seed: int = 1) -> dict[str, Any]:
                 "client_id": app["app_id"],
                 "node_count": 3,
                 "tags": tags,
-                "maintenance": [{"name": "default", "time_in_week": []}],
             }
         )
     doc["clusters"].append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,11 @@ class EmulatorControl:
         self.ready = ready
         self.endpoint: str = ready["endpoint"]
         self.ca_file: str = ready["ca_file"]
-        self._http = httpx.Client(base_url=self.endpoint, verify=self.ca_file, timeout=30.0)
+        self._http = httpx.Client(base_url=self.endpoint, verify=self.ssl_context(), timeout=30.0)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trusts the emulator's test CA (for plain httpx calls in tests)."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def close(self) -> None:
         self._http.close()

@@ -6,6 +6,7 @@ against the local emulator.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 from urllib.parse import urlparse
 
@@ -35,6 +36,11 @@ GRAPH_AUDIENCE = "https://graph.microsoft.com"
 
 def _verify(settings: Settings) -> str | bool:
     return settings.ca_bundle or True
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | bool:
+    """httpx wants an SSLContext (a CA path is deprecated there)."""
+    return ssl.create_default_context(cafile=settings.ca_bundle) if settings.ca_bundle else True
 
 
 def _transport_kwargs(settings: Settings) -> dict[str, Any]:
@@ -108,7 +114,7 @@ def graph_client(settings: Settings, credential: AsyncTokenCredential) -> GraphS
     host = urlparse(settings.graph_endpoint).hostname or "graph.microsoft.com"
     auth = AzureIdentityAuthenticationProvider(credential, scopes=[_scope(GRAPH_AUDIENCE)], allowed_hosts=[host])
     http = GraphClientFactory.create_with_default_middleware(
-        client=httpx.AsyncClient(verify=_verify(settings), timeout=httpx.Timeout(30.0))
+        client=httpx.AsyncClient(verify=_ssl_context(settings), timeout=httpx.Timeout(30.0))
     )
     adapter = GraphRequestAdapter(auth, client=http)
     adapter.base_url = settings.graph_endpoint + "/v1.0"

@@ -19,7 +19,7 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import IO, Any, Final, Literal
 from urllib.parse import quote
 
@@ -51,7 +51,7 @@ MIN_SECRET_LENGTH: Final = 8  # shorter values would mangle ordinary log text; r
 EVENT_ROTATION_FAILED: Final = "rotation.failed"
 EVENT_ROTATION_POISON: Final = "rotation.poison"
 EVENT_CREDENTIAL_OVERDUE: Final = "credential.overdue"
-EVENT_KEYVAULT_SECRET_EXPIRED: Final = "keyvault.secret_expired"
+EVENT_KEYVAULT_SECRET_EXPIRED: Final = "keyvault.secret_expired"  # noqa: S105 (an event name)
 EVENT_INPUT_REJECTED: Final = "input.rejected"  # log_event at WARNING, not an alert
 
 AlertEvent = Literal["rotation.failed", "rotation.poison", "credential.overdue", "keyvault.secret_expired"]
@@ -75,12 +75,14 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     ),
     # JSON / Python-repr style: "secretText": "...", 'value': '...'.
     (
-        re.compile(r"""(?P<k>(?P<q>["'])(?:""" + _QUOTED_KEYS + r""")(?P=q)\s*:\s*)(?P<v>["'])(?:(?!(?P=v))[^\\]|\\.)*(?P=v)"""),
+        re.compile(
+            r"""(?P<k>(?P<q>["'])(?:""" + _QUOTED_KEYS + r""")(?P=q)\s*:\s*)(?P<v>["'])(?:(?!(?P=v))[^\\]|\\.)*(?P=v)"""
+        ),
         r"\g<k>\g<v>" + MASK + r"\g<v>",
     ),
     # Authorization header values of any scheme, then bare Bearer/Basic tokens anywhere.
     (re.compile(r"""(?i)(?P<k>\bauthorization["']?\s*[:=]\s*["']?)[^"'\r\n,}]+"""), r"\g<k>" + MASK),
-    (re.compile(r"(?i)\b(?P<k>bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\g<k> " + MASK),
+    (re.compile(r"(?i)\b(?P<k>bearer|basic)\s+[A-Za-z0-9\-._~+/]{16,}=*"), r"\g<k> " + MASK),
     # Unlabelled JWTs.
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),
     # key=value forms: client_secret=..., password: ..., connection-string AccountKey=..., SAS sig=...
@@ -191,6 +193,8 @@ def _redact_value(value: Any, depth: int = 0) -> Any:
         return redact(value)
     if value is None or isinstance(value, bool | int | float):
         return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
     if depth < 5 and isinstance(value, Mapping):
         return {redact(str(k)): _redact_value(v, depth + 1) for k, v in value.items()}
     if depth < 5 and isinstance(value, list | tuple | set | frozenset):
@@ -265,7 +269,7 @@ class JsonFormatter(logging.Formatter):
 _TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _OurHandler(logging.StreamHandler[IO[str]]):
     """Marker type: the handler configure_logging installed."""
 
 
@@ -335,6 +339,19 @@ def log_event(
     **fields: Any,
 ) -> None:
     """Log `message` with `event=` (and `alert=`) plus `fields` as structured extra fields."""
+    _emit(logger, level, event, message, alert=alert, exc_info=exc_info, fields=fields)
+
+
+def _emit(
+    logger: logging.Logger,
+    level: int | str,
+    event: str,
+    message: str,
+    *,
+    alert: bool,
+    exc_info: Any,
+    fields: Mapping[str, Any],
+) -> None:
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(numeric, int):
         numeric = logging.ERROR
@@ -342,9 +359,9 @@ def log_event(
     for key, value in fields.items():
         # LogRecord refuses extra keys that shadow its attributes; keep the value under another name.
         extra[f"field_{key}" if key in _STANDARD_ATTRS else key] = value
-    logger.log(numeric, "%s", message, exc_info=exc_info, extra=extra, stacklevel=3)
+    logger.log(numeric, "%s", message, exc_info=exc_info, extra=extra, stacklevel=3)  # the caller of log_event/alert
 
 
 def alert(logger: logging.Logger, event: AlertEvent, message: str, *, exc_info: Any = None, **fields: Any) -> None:
     """An alert-level record: ERROR, alert=True, event= one of ALERT_EVENTS (alert rules match on these)."""
-    log_event(logger, logging.ERROR, event, message, alert=True, exc_info=exc_info, **fields)
+    _emit(logger, logging.ERROR, event, message, alert=True, exc_info=exc_info, fields=fields)

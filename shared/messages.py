@@ -332,7 +332,7 @@ def _load_json_object(raw: str | bytes, *, what: str, max_bytes: int) -> tuple[d
     """Size, UTF-8 and JSON checks shared by every edge; returns the object and its text."""
     if isinstance(raw, str):
         if len(raw) > max_bytes:
-            raise InvalidInput(f"{what} is larger than {max_bytes} bytes")
+            raise InvalidInput(f"{what} is larger than the limit of {max_bytes} bytes")
         try:
             size = len(raw.encode("utf-8"))
         except UnicodeEncodeError:

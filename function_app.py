@@ -1,0 +1,32 @@
+"""Azure Functions entry points (v2 programming model) — a table of contents.
+
+Each trigger parses what the host hands it, calls one function in `shared/`, and returns. All logic lives in
+`shared/`, so the local runner (`aks-rotator`) and the tests drive exactly the same functions.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from shared import discovery, rotation
+from shared.runtime import settings
+
+app = func.FunctionApp()
+
+
+@app.timer_trigger(arg_name="timer", schedule="%ROTATION_SCHEDULE%", use_monitor=True, run_on_startup=False)
+async def scan_estate(timer: func.TimerRequest) -> None:
+    """Daily: find credentials nearing expiry and queue one rotation message per credential."""
+    await discovery.run_scheduled(settings(), past_due=timer.past_due)
+
+
+@app.queue_trigger(arg_name="msg", queue_name="%ROTATION_QUEUE%", connection="AzureWebJobsStorage")
+async def rotate_credential(msg: func.QueueMessage) -> None:
+    """Advance one rotation by its next idempotent step (re-queues itself when it has to wait)."""
+    await rotation.handle_message(settings(), msg.get_body().decode("utf-8"), dequeue_count=msg.dequeue_count or 1)
+
+
+@app.queue_trigger(arg_name="msg", queue_name="%ROTATION_QUEUE%-poison", connection="AzureWebJobsStorage")
+async def rotation_poison(msg: func.QueueMessage) -> None:
+    """A message failed maxDequeueCount times: record it with the reason and alert."""
+    await rotation.handle_poison(settings(), msg.get_body().decode("utf-8", errors="replace"))

@@ -1,0 +1,241 @@
+"""`aks-rotator`: the local runner and operator CLI.
+
+It calls the same functions the Functions triggers call (see function_app.py). Output is a rich table, or JSON
+with `--json`. Exit codes: 0 ok / nothing due, 1 failure, 2 bad settings or input, 3 credentials are due
+(`scan`), 4 a rotation failed (`run`, `worker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shared import discovery, rotation
+from shared.logs import redact
+from shared.runtime import settings as load_settings
+from shared.settings import Settings, SettingsError
+
+EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_DUE, EXIT_ROTATION_FAILED = 0, 1, 2, 3, 4
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Change nothing; show what would happen.")]
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "model_dump"):
+        return _jsonable(value.model_dump())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def emit_json(value: Any) -> None:
+    """JSON on stdout, passed through the secret redactor like every other output."""
+    text = json.dumps(_jsonable(value), indent=2, sort_keys=True, default=str)
+    sys.stdout.write(redact(text) + "\n")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_INPUT) from None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr, fed by `progress(stage, done, total)` callbacks."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _days(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d")
+
+
+def _scan_table(report: discovery.ScanReport) -> Table:
+    table = Table(title=f"{report.clusters} clusters in {report.subscriptions} subscriptions")
+    for column in ("cluster", "credential", "app", "expires", "days left", "action", "advice"):
+        table.add_column(column, overflow="fold")
+    styles = {"queued": "bold yellow", "would_queue": "yellow", "deferred": "magenta", "already_queued": "cyan"}
+    for f in report.findings:
+        style = styles.get(f.action, "red" if f.days_left is not None and f.days_left <= 0 else "")
+        table.add_row(
+            f.cluster_name,
+            f.kind,
+            f.app_id or "-",
+            _when(f.expires_on),
+            _days(f.days_left),
+            f.action,
+            f.advice or "",
+            style=style,
+        )
+    return table
+
+
+@app.command()
+def scan(as_json: JsonOpt = False, dry_run: DryRunOpt = False) -> None:
+    """Find credentials nearing expiry in every visible subscription and queue their rotation."""
+    settings = _settings()
+    with _progress(not as_json) as progress:
+        try:
+            report = _run(discovery.scan(settings, dry_run=dry_run, progress=progress))
+        except discovery.DiscoveryError as exc:
+            err.print(f"[red]scan failed:[/red] {redact(str(exc))}")
+            raise typer.Exit(EXIT_FAILURE) from None
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        out.print(_scan_table(report))
+        if report.used_fallback:
+            out.print("[yellow]Resource Graph was refused; clusters were listed per subscription.[/yellow]")
+        for problem in report.errors:
+            out.print(f"[red]{redact(problem)}[/red]")
+    raise typer.Exit(EXIT_DUE if report.due() else EXIT_OK)
+
+
+def _drain_and_report(settings: Settings, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    with _progress(not as_json) as progress:
+        report = _run(rotation.drain(settings, progress=progress))
+    views = _run(rotation.status(settings))
+    if as_json:
+        emit_json({**(extra or {}), "drain": report, "rotations": views})
+    else:
+        out.print(_status_table(views))
+    raise typer.Exit(EXIT_ROTATION_FAILED if any(v.state == "failed" for v in views) else EXIT_OK)
+
+
+@app.command()
+def worker(as_json: JsonOpt = False) -> None:
+    """Process the rotation queue until it is idle (what the queue trigger does, locally)."""
+    _drain_and_report(_settings(), as_json)
+
+
+@app.command()
+def run(
+    once: Annotated[bool, typer.Option("--once", help="One scan, then drain the queue until idle.")] = False,
+    as_json: JsonOpt = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Scan and rotate: the whole pipeline once (what `make demo` runs)."""
+    if not once:
+        err.print("only `run --once` is supported locally; in Azure the timer and queue triggers run it")
+        raise typer.Exit(EXIT_INPUT)
+    settings = _settings()
+    with _progress(not as_json) as progress:
+        try:
+            report = _run(discovery.scan(settings, dry_run=dry_run, progress=progress))
+        except discovery.DiscoveryError as exc:
+            err.print(f"[red]scan failed:[/red] {redact(str(exc))}")
+            raise typer.Exit(EXIT_FAILURE) from None
+    if not as_json:
+        out.print(_scan_table(report))
+    if dry_run:
+        if as_json:
+            emit_json({"scan": report.to_json()})
+        raise typer.Exit(EXIT_DUE if report.due() else EXIT_OK)
+    _drain_and_report(settings, as_json, {"scan": report.to_json()})
+
+
+@app.command()
+def rotate(
+    cluster: Annotated[str, typer.Option("--cluster", help="ARM resource id of the managed cluster.")],
+    as_json: JsonOpt = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Request rotation of one cluster's service-principal secret now (on demand)."""
+    settings = _settings()
+    try:
+        result = _run(rotation.rotate_now(settings, cluster, dry_run=dry_run))
+    except ValueError as exc:  # InvalidInput is a ValueError
+        err.print(f"[red]rejected:[/red] {redact(str(exc))}")
+        raise typer.Exit(EXIT_INPUT) from None
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(redact(str(_jsonable(result))))
+
+
+def _status_table(views: Sequence[Any]) -> Table:
+    table = Table(title="Rotations")
+    for column in ("rotation", "cluster", "kind", "state", "step", "updated", "detail"):
+        table.add_column(column, overflow="fold")
+    styles = {"failed": "bold red", "succeeded": "green", "waiting": "yellow"}
+    for v in views:
+        table.add_row(
+            v.rotation_id[:12],
+            v.cluster_id.rsplit("/", 1)[-1],
+            v.kind,
+            v.state,
+            v.step,
+            _when(v.updated_at) if isinstance(v.updated_at, datetime) else str(v.updated_at),
+            redact(v.failure_reason or ""),
+            style=styles.get(v.state, ""),
+        )
+    return table
+
+
+@app.command()
+def status(
+    rotation_id: Annotated[str | None, typer.Option("--rotation", help="Show one rotation with its audit.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rotations and their steps, from the state and audit tables."""
+    views = _run(rotation.status(_settings(), rotation_id))
+    if as_json:
+        emit_json(views)
+    else:
+        out.print(_status_table(views))
+
+
+def main() -> None:
+    app()
