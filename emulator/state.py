@@ -108,6 +108,11 @@ class PasswordPolicy:
     max_lifetime_days: int | None = None
     block_addition: bool = False
 
+    @property
+    def is_set(self) -> bool:
+        """Whether this policy restricts anything (an app without one falls back to the tenant default)."""
+        return self.block_addition or self.max_lifetime_days is not None
+
 
 @dataclass
 class ServicePrincipal:
@@ -115,6 +120,7 @@ class ServicePrincipal:
     app_id: str
     display_name: str
     passwords: list[Password] = field(default_factory=list)
+    owners: set[str] = field(default_factory=set)  # service principal object ids (Graph: servicePrincipal owners)
 
 
 @dataclass
@@ -295,7 +301,10 @@ class Estate:
                 object_id=sp_spec.get("object_id") or str(uuid.uuid4()),
                 app_id=app.app_id,
                 display_name=app.display_name,
+                owners=set(sp_spec.get("owners", [])),
             )
+            if spec.get("owned_by_product", True):
+                app.sp.owners.add(self.product_sp.object_id)
             for pspec in sp_spec.get("password_credentials", []):
                 pw, secret = self._password(pspec, now)
                 app.sp.passwords.append(pw)

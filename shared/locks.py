@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _EXPIRY_MARGIN_SECONDS = 2.0
 
 
-class LockBusy(Exception):  # noqa: N818 - the name the rest of the product uses
+class LockBusy(Exception):
     """Another worker holds the lock for this cluster."""
 
     def __init__(self, cluster_id: str) -> None:
@@ -43,7 +43,7 @@ class LockBusy(Exception):  # noqa: N818 - the name the rest of the product uses
         self.cluster_id = cluster_id
 
 
-class LockLost(Exception):  # noqa: N818
+class LockLost(Exception):
     """The lease could not be renewed; another worker may now hold the lock."""
 
     def __init__(self, cluster_id: str, why: str = "") -> None:
@@ -109,14 +109,13 @@ class ClusterLease:
             return True
 
     async def ensure_held(self) -> None:
-        """Prove with the service that the lease is still ours (renewing it); raise `LockLost` otherwise.
+        """Prove with the service that the lease is still ours (by renewing it now); raise `LockLost` otherwise.
 
-        Call immediately before anything irreversible.
+        Call immediately before anything irreversible. A renewal that fails for a transient reason also raises:
+        a holder that cannot prove it holds the lock must not act.
         """
-        if not await self.renew() and self.lost:
-            raise LockLost(self.cluster_id, self._lost_reason or "")
-        if self.lost:
-            raise LockLost(self.cluster_id, self._lost_reason or "")
+        if not await self.renew():
+            raise LockLost(self.cluster_id, self._lost_reason or "the service could not confirm the lease")
 
     async def _release(self) -> None:
         async with self._lock:
@@ -198,9 +197,8 @@ class ClusterLocks:
         try:
             # The content names the cluster, for whoever looks at the container.
             await blob.upload_blob(cluster_id.encode("utf-8"), overwrite=False)
-        except (ResourceExistsError, HttpResponseError) as exc:
-            if not isinstance(exc, ResourceExistsError) and exc.status_code not in (409, 412):
-                raise  # 409 exists / 412 leased by someone: the blob is there either way
+        except ResourceExistsError:
+            pass  # created meanwhile by another holder: fine
 
     async def _renew_loop(self, lease: ClusterLease) -> None:
         while True:
@@ -219,6 +217,7 @@ class ClusterLocks:
             yield lease
         finally:
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await lease._release()
+            try:
+                await asyncio.wait([renewer])
+            finally:
+                await lease._release()

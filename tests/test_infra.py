@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 import yaml
 from pycep import BicepParser
 
+from shared.logs import ALERT_EVENTS
 from shared.settings import Settings, setting_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +33,9 @@ PLATFORM_SETTINGS = frozenset(
         "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     }
 )
-REQUIRED_SETTINGS = frozenset({"AZURE_TENANT_ID", "AZURE_CLIENT_ID", "KEY_VAULT_URL", "AzureWebJobsStorage__accountName"})
-ALERT_EVENTS = frozenset({"rotation.poison", "rotation.failed", "credential.overdue", "keyvault.secret_expired"})
+REQUIRED_SETTINGS = frozenset(
+    {"AZURE_TENANT_ID", "AZURE_CLIENT_ID", "KEY_VAULT_URL", "AzureWebJobsStorage__accountName", "ROTATION_QUEUE"}
+)
 
 
 @functools.cache
@@ -72,6 +75,9 @@ def test_app_settings_are_known_and_complete() -> None:
     missing = REQUIRED_SETTINGS - set(names)
     assert not missing, f"api.bicep does not set {sorted(missing)}"
     assert not {"FUNCTIONS_EXTENSION_VERSION", "FUNCTIONS_WORKER_RUNTIME"} & set(names), "not allowed on Flex"
+    # The host resolves %NAME% in trigger bindings from app settings, not from the product's defaults.
+    bound = set(re.findall(r"%([A-Za-z0-9_]+)%", (ROOT / "function_app.py").read_text()))
+    assert bound <= set(names), f"function_app.py binds {sorted(bound - set(names))}, which api.bicep does not set"
 
 
 def test_storage_names_match_settings_defaults() -> None:

@@ -18,6 +18,8 @@ param maximumInstanceCount int = 40
   4096
 ])
 param instanceMemoryMB int = 2048
+@description('NCRONTAB schedule of the discovery timer (function_app.py binds %ROTATION_SCHEDULE%).')
+param rotationSchedule string = '0 0 6 * * *'
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: identityName
@@ -85,6 +87,10 @@ var appSettings = [
   {
     name: 'SUBSCRIPTION_ALLOWLIST'
     value: join(subscriptionAllowlist, ',')
+  }
+  {
+    name: 'ROTATION_SCHEDULE'
+    value: rotationSchedule
   }
   {
     name: 'ROTATION_QUEUE'

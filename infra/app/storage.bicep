@@ -8,7 +8,7 @@ param names object
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35: Flex Consumption without VNet integration reaches storage over the public endpoint; access is Entra-only (shared keys disabled)
   // checkov:skip=CKV_AZURE_59: same as CKV_AZURE_35; public endpoint needed without VNet integration
-  // checkov:skip=CKV_AZURE_206: rotation state is small and recoverable from Key Vault and the clusters; LRS is enough
+  // checkov:skip=CKV_AZURE_206: LRS keeps cost down and works in every Flex region; use Standard_ZRS where offered if the audit trail must survive a zone loss
   name: name
   location: location
   tags: tags

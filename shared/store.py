@@ -1,0 +1,373 @@
+"""Rotation rows (ETag-guarded) and the audit trail, in Azure Table storage.
+
+* State table: one row per rotation, PartitionKey "rotation", RowKey = rotation_id. Writes after the first are
+  conditional on the ETag read (`save()` raises `StaleRecord` when someone else wrote meanwhile).
+* Audit table: PartitionKey = rotation_id, RowKey = zero-padded microsecond timestamp + random suffix, so a
+  rotation's trail reads back in order. Partition "rejected" holds inbound payloads that failed validation.
+
+Every query is a parameterised filter; user input is never concatenated into filter text. No secret values are
+ever written here (the callers' duty; the audit `detail` and rejection `excerpt` must already be redacted).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal
+
+from azure.core import MatchConditions
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableEntity, UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from shared.azure import product_credential, table_service
+from shared.settings import Settings
+
+ROTATION_PARTITION = "rotation"
+REJECTED_PARTITION = "rejected"
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed"})
+EXCERPT_LIMIT = 200
+DETAIL_LIMIT = 8000  # characters; a table property holds at most 64 KiB
+
+Kind = Literal["sp_secret", "cluster_certificate"]
+Holder = Literal["application", "servicePrincipal"]
+State = Literal["pending", "running", "waiting", "succeeded", "failed"]
+
+# Characters Table storage forbids in PartitionKey/RowKey.
+_BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+_DATETIME_FIELDS = ("not_before", "observed_expiry", "created_at", "updated_at")
+_AUDIT_RESERVED = frozenset(
+    {"PartitionKey", "RowKey", "Timestamp", "odata", "rotation_id", "step", "outcome", "detail", "at", "etag"}
+)
+
+
+class StoreError(Exception):
+    """Base class for store outcomes the caller is expected to handle."""
+
+
+class AlreadyExists(StoreError):
+    """`create()` found a row with that rotation id already (a duplicate message)."""
+
+    def __init__(self, rotation_id: str) -> None:
+        super().__init__(f"rotation {rotation_id!r} already exists")
+        self.rotation_id = rotation_id
+
+
+class StaleRecord(StoreError):
+    """`save()` lost a race: the row changed (or vanished) since it was read. Re-read and decide again."""
+
+    def __init__(self, rotation_id: str) -> None:
+        super().__init__(f"rotation {rotation_id!r} was changed by someone else; re-read it")
+        self.rotation_id = rotation_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    """A plain tz-aware UTC datetime (also turns the SDK's TablesEntityDatetime into a datetime)."""
+    value = value.astimezone(UTC)
+    return datetime.combine(value.date(), value.time(), tzinfo=UTC)
+
+
+def check_key(value: str, what: str = "key") -> str:
+    if not value or len(value) > 512 or _BAD_KEY.search(value):
+        raise ValueError(f"{what} must be 1-512 characters without / \\ # ? or control characters")
+    return value
+
+
+class RotationRecord(BaseModel):
+    """One rotation's state. `etag` comes from the row's metadata and is not stored."""
+
+    model_config = ConfigDict(validate_assignment=True, extra="ignore")
+
+    rotation_id: str
+    cluster_id: str
+    kind: Kind
+    app_id: str | None = None
+    holder: Holder | None = None
+    state: State = "pending"
+    step: str = "start"
+    new_key_id: str | None = None
+    old_key_ids: list[str] = Field(default_factory=list)
+    vault_version: str | None = None
+    operation_url: str | None = None
+    not_before: AwareDatetime | None = None
+    observed_expiry: AwareDatetime | None = None
+    reason: str = ""
+    failure_reason: str | None = None
+    attempts: int = Field(default=0, ge=0)
+    correlation_id: str = ""
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+    updated_at: AwareDatetime = Field(default_factory=utcnow)
+    etag: str | None = None
+
+    @field_validator("rotation_id")
+    @classmethod
+    def _row_key(cls, value: str) -> str:
+        return check_key(value, "rotation_id")
+
+    @field_validator(*_DATETIME_FIELDS)
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _utc(value)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_entity(self) -> dict[str, Any]:
+        """The table row (without the ETag). `cluster_key` is the lower-cased cluster id, for queries."""
+        entity: dict[str, Any] = self.model_dump(exclude={"rotation_id", "etag"})
+        entity["old_key_ids"] = json.dumps(self.old_key_ids)
+        entity["cluster_key"] = self.cluster_id.lower()
+        entity["PartitionKey"] = ROTATION_PARTITION
+        entity["RowKey"] = self.rotation_id
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: TableEntity) -> RotationRecord:
+        data = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey", "cluster_key")}
+        data["rotation_id"] = entity["RowKey"]
+        data["old_key_ids"] = json.loads(data.get("old_key_ids") or "[]")
+        data["etag"] = entity.metadata.get("etag")
+        return cls.model_validate(data)
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    rotation_id: str
+    step: str
+    outcome: str
+    detail: str
+    at: datetime
+    row_key: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source: str
+    reason: str
+    correlation_id: str
+    excerpt: str
+    at: datetime
+    row_key: str
+
+
+class _Clock:
+    """Strictly increasing microsecond timestamps within this process (audit RowKeys sort in write order)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            now = time.time_ns() // 1000
+            self._last = now if now > self._last else self._last + 1
+            return self._last
+
+
+_clock = _Clock()
+
+
+def audit_row_key() -> tuple[str, datetime]:
+    """(RowKey, time): 19-digit microseconds since the epoch + '-' + 8 random hex digits."""
+    micros = _clock.next()
+    at = datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
+    return f"{micros:019d}-{secrets.token_hex(4)}", at
+
+
+def _property_value(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, datetime):
+        return _utc(value)
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+class RotationStore:
+    """Rotation rows and the audit trail. Use as an async context manager (closes the clients)."""
+
+    def __init__(self, settings: Settings, credential: AsyncTokenCredential | None = None) -> None:
+        self.settings = settings
+        self._owned_credential = credential is None
+        self._credential = credential if credential is not None else product_credential(settings)
+        self._service: TableServiceClient = table_service(settings, self._credential)
+        self._state: TableClient = self._service.get_table_client(settings.state_table)
+        self._audit: TableClient = self._service.get_table_client(settings.audit_table)
+
+    async def close(self) -> None:
+        try:
+            await self._state.close()
+            await self._audit.close()
+            await self._service.close()
+        finally:
+            if self._owned_credential:
+                await self._credential.close()
+
+    async def __aenter__(self) -> RotationStore:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def ensure(self) -> None:
+        """Create the state and audit tables if they do not exist."""
+        for client in (self._state, self._audit):
+            try:
+                await client.create_table()
+            except ResourceExistsError:
+                pass
+
+    # -- rotation rows ---------------------------------------------------------------------------------------
+    async def get(self, rotation_id: str) -> RotationRecord | None:
+        try:
+            entity = await self._state.get_entity(ROTATION_PARTITION, check_key(rotation_id, "rotation_id"))
+        except ResourceNotFoundError:
+            return None
+        return RotationRecord.from_entity(entity)
+
+    async def create(self, record: RotationRecord) -> RotationRecord:
+        """Insert a new row; `AlreadyExists` if the rotation id is taken. Returns the record with its ETag."""
+        now = utcnow()
+        stored = record.model_copy(update={"updated_at": now, "etag": None})
+        try:
+            meta = await self._state.create_entity(stored.to_entity())
+        except ResourceExistsError:
+            raise AlreadyExists(record.rotation_id) from None
+        return stored.model_copy(update={"etag": meta.get("etag")})
+
+    async def save(self, record: RotationRecord) -> RotationRecord:
+        """Replace the row if it is unchanged since `record` was read; `StaleRecord` otherwise.
+
+        Returns a copy with the new ETag and `updated_at`; `record` itself is left as it was.
+        """
+        if record.etag is None:
+            raise ValueError("save() needs a record read from the store (it has no ETag); use create()")
+        stored = record.model_copy(update={"updated_at": utcnow()})
+        try:
+            meta = await self._state.update_entity(
+                stored.to_entity(),
+                mode=UpdateMode.REPLACE,
+                etag=record.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise StaleRecord(record.rotation_id) from None
+        return stored.model_copy(update={"etag": meta.get("etag")})
+
+    async def _query(self, conditions: builtins.list[str], parameters: dict[str, Any]) -> builtins.list[RotationRecord]:
+        query = " and ".join(["PartitionKey eq @pk", *conditions])
+        pager = self._state.query_entities(query, parameters={"pk": ROTATION_PARTITION, **parameters})
+        return [RotationRecord.from_entity(entity) async for entity in pager]
+
+    async def list(self, state: str | None = None, cluster_id: str | None = None) -> builtins.list[RotationRecord]:
+        """Every rotation row (all pages), optionally only one state and/or one cluster (case-insensitive)."""
+        conditions: builtins.list[str] = []
+        parameters: dict[str, Any] = {}
+        if state is not None:
+            conditions.append("state eq @state")
+            parameters["state"] = state
+        if cluster_id is not None:
+            conditions.append("cluster_key eq @cluster")
+            parameters["cluster"] = cluster_id.lower()
+        return await self._query(conditions, parameters)
+
+    async def active_for(self, cluster_id: str, kind: str) -> RotationRecord | None:
+        """The non-terminal rotation of this kind for this cluster (the newest, should there be several)."""
+        rows = await self._query(
+            ["cluster_key eq @cluster", "kind eq @kind", "state ne @succeeded", "state ne @failed"],
+            {"cluster": cluster_id.lower(), "kind": kind, "succeeded": "succeeded", "failed": "failed"},
+        )
+        return max(rows, key=lambda row: row.created_at, default=None)
+
+    # -- audit trail -----------------------------------------------------------------------------------------
+    async def _append(self, partition: str, properties: dict[str, Any]) -> tuple[str, datetime]:
+        for _ in range(3):
+            row_key, at = audit_row_key()
+            try:
+                await self._audit.create_entity(
+                    {"PartitionKey": partition, "RowKey": row_key, "at": at, **properties}
+                )
+                return row_key, at
+            except ResourceExistsError:
+                continue  # the same microsecond and suffix from another writer: draw again
+        raise RuntimeError("could not allocate a unique audit row key")
+
+    async def audit(self, rotation_id: str, step: str, outcome: str, detail: str, **fields: Any) -> AuditRow:
+        """Append one audit row for a rotation. `detail` and `fields` must not contain secrets."""
+        check_key(rotation_id, "rotation_id")
+        if rotation_id == REJECTED_PARTITION:
+            raise ValueError(f"{REJECTED_PARTITION!r} is reserved for rejected payloads")
+        for name in fields:
+            if name in _AUDIT_RESERVED or not name.isidentifier() or name.startswith("odata"):
+                raise ValueError(f"audit field name {name!r} is reserved or not a valid property name")
+        extra = {name: _property_value(value) for name, value in fields.items()}
+        text = detail[:DETAIL_LIMIT]
+        row_key, at = await self._append(rotation_id, {"step": step, "outcome": outcome, "detail": text, **extra})
+        return AuditRow(rotation_id, step, outcome, text, at, row_key, {k: v for k, v in extra.items() if v is not None})
+
+    async def audit_log(self, rotation_id: str | None = None) -> builtins.list[AuditRow]:
+        """A rotation's audit trail in write order; every rotation's (chronologically) when `rotation_id` is None."""
+        if rotation_id is None:
+            pager = self._audit.query_entities("PartitionKey ne @rejected", parameters={"rejected": REJECTED_PARTITION})
+        else:
+            pager = self._audit.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": check_key(rotation_id, "rotation_id")}
+            )
+        rows = [_audit_row(entity) async for entity in pager]
+        rows.sort(key=lambda row: (row.row_key, row.rotation_id))
+        return rows
+
+    async def record_rejection(self, source: str, reason: str, correlation_id: str, excerpt: str) -> Rejection:
+        """Record a rejected inbound payload. `excerpt` must already be redacted; it is cut to 200 characters."""
+        properties = {
+            "source": source[:200],
+            "reason": reason[:DETAIL_LIMIT],
+            "correlation_id": correlation_id[:200],
+            "excerpt": excerpt[:EXCERPT_LIMIT],
+        }
+        row_key, at = await self._append(REJECTED_PARTITION, properties)
+        return Rejection(at=at, row_key=row_key, **properties)
+
+    async def rejections(self) -> builtins.list[Rejection]:
+        """Every recorded rejection, oldest first."""
+        pager = self._audit.query_entities("PartitionKey eq @pk", parameters={"pk": REJECTED_PARTITION})
+        return [
+            Rejection(
+                source=str(entity.get("source", "")),
+                reason=str(entity.get("reason", "")),
+                correlation_id=str(entity.get("correlation_id", "")),
+                excerpt=str(entity.get("excerpt", "")),
+                at=_utc(entity["at"]),
+                row_key=str(entity["RowKey"]),
+            )
+            async for entity in pager
+        ]
+
+
+def _audit_row(entity: TableEntity) -> AuditRow:
+    known = {"PartitionKey", "RowKey", "step", "outcome", "detail", "at"}
+    return AuditRow(
+        rotation_id=str(entity["PartitionKey"]),
+        step=str(entity.get("step", "")),
+        outcome=str(entity.get("outcome", "")),
+        detail=str(entity.get("detail", "")),
+        at=_utc(entity["at"]),
+        row_key=str(entity["RowKey"]),
+        fields={k: (_utc(v) if isinstance(v, datetime) else v) for k, v in entity.items() if k not in known},
+    )
