@@ -23,7 +23,7 @@ AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"
 
 # The emulator's well-known development account (published in the Azurite documentation; not a secret).
 ACCOUNT_NAME = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # noqa: S105
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 _BIND_FAILURE = "EADDRINUSE"
 

@@ -26,7 +26,7 @@ from emulator.state import Estate, SecretVersion, Vault, secret_hash
 from emulator.tokens import Claims
 
 SURFACE = "keyvault"
-NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+NAME_RE = re.compile(r"[0-9a-zA-Z-]{1,127}")
 MAX_VALUE_BYTES = 25 * 1024
 MAX_TAGS = 15
 MAX_CONTENT_TYPE = 255
@@ -68,7 +68,7 @@ def kv_error(
     err: dict[str, Any] = {"code": code, "message": message}
     if inner is not None:
         err["innererror"] = {"code": inner}
-    extra = {"x-ms-request-id": str(uuid.uuid4()), "x-ms-keyvault-service-version": "1.9.0.0"}
+    extra = {"x-ms-request-id": str(uuid.uuid4())}
     extra.update(headers or {})
     return web.json_response({"error": err}, status=status, headers=extra)
 
@@ -96,8 +96,11 @@ class _Call:
 
 
 def _vault_meta(emu: Emulator, name: str) -> dict[str, str]:
-    spec = next((v for v in emu.seed.get("vaults", []) if v.get("name") == name), {})
-    subscription = spec.get("subscription_id") or next(iter(emu.estate.subscriptions), "00000000-0000-0000-0000-0")
+    specs: list[dict[str, Any]] = emu.seed.get("vaults", [])
+    spec = next((v for v in specs if v.get("name") == name), {})
+    subscription = spec.get("subscription_id") or next(
+        iter(emu.estate.subscriptions), "00000000-0000-0000-0000-000000000000"
+    )
     return {
         "subscription_id": str(subscription),
         "resource_group": str(spec.get("resource_group", "rg-aks-credential-rotator")),
@@ -153,7 +156,7 @@ def _bucket(emu: Emulator) -> TokenBucket:
 
 
 def _begin(request: web.Request, action: str, secret: str | None) -> _Call:
-    """Authenticate (401 challenge), find the vault, throttle per vault, check RBAC, validate the name."""
+    """Authenticate (401 challenge), find the vault, throttle per vault, validate the name, check RBAC."""
     emu = emulator_of(request)
     claims = emu.authenticate(request, SURFACE)
     vault_name = request.match_info["vault"]
@@ -168,7 +171,7 @@ def _begin(request: web.Request, action: str, secret: str | None) -> _Call:
     if not allowed:
         raise Reply(throttled(SURFACE, wait))
     call = _Call(emu, claims, vault)
-    if secret is not None and not NAME_RE.match(secret):
+    if secret is not None and not NAME_RE.fullmatch(secret):
         raise _bad(f"The request URI contains an invalid name: {secret}")
     if not _allowed(emu.estate.vault_roles.get((claims.app_id, vault.name), set()), action):
         raise _forbidden(call, action, secret)
@@ -187,7 +190,12 @@ def _attributes(v: SecretVersion) -> dict[str, Any]:
     if v.expires is not None:
         attrs["exp"] = v.expires
     attrs.update(
-        {"created": v.created, "updated": v.updated, "recoverableDays": RECOVERABLE_DAYS, "recoveryLevel": RECOVERY_LEVEL}
+        {
+            "created": v.created,
+            "updated": v.updated,
+            "recoverableDays": RECOVERABLE_DAYS,
+            "recoveryLevel": RECOVERY_LEVEL,
+        }
     )
     return attrs
 
@@ -295,9 +303,7 @@ def _marker(request: web.Request) -> str | None:
     return str(marker)
 
 
-def _page(
-    request: web.Request, keyed: list[tuple[str, dict[str, Any]]], base_path: str
-) -> web.Response:
+def _page(request: web.Request, keyed: list[tuple[str, dict[str, Any]]], base_path: str) -> web.Response:
     """One page of `keyed` (sorted by key), continuing after the `$skiptoken` marker; absolute `nextLink`."""
     emu = emulator_of(request)
     size = _page_size(request)

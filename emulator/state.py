@@ -137,10 +137,24 @@ class Application:
 
 @dataclass
 class MaintenanceWindow:
-    """`maintenanceConfigurations/default`: allowed hours per weekday (UTC)."""
+    """A maintenance configuration: `default` uses `timeInWeek` (allowed UTC hours per weekday) and
+    `notAllowedTime`; `aksManagedAutoUpgradeSchedule` / `aksManagedNodeOSUpgradeSchedule` use `maintenanceWindow`.
+    Seed keys: `name`, `time_in_week` ([{day, hourSlots}]), `not_allowed_time` ([{start, end}]),
+    `maintenance_window` (the ARM `maintenanceWindow` object verbatim)."""
 
     name: str
     time_in_week: list[dict[str, Any]]
+    not_allowed_time: list[dict[str, Any]] = field(default_factory=list)
+    maintenance_window: dict[str, Any] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> MaintenanceWindow:
+        return cls(
+            name=spec["name"],
+            time_in_week=list(spec.get("time_in_week", [])),
+            not_allowed_time=list(spec.get("not_allowed_time", [])),
+            maintenance_window=spec.get("maintenance_window"),
+        )
 
 
 @dataclass
@@ -201,7 +215,11 @@ class RoleAssignment:
 
 @dataclass
 class Operation:
-    """An AKS long-running operation (reset / rotate), finishing at `done_at` emulator time."""
+    """An AKS long-running operation (reset / rotate), finishing at `done_at` emulator time.
+
+    `apply(estate, cluster, at)` runs once when the operation completes (at emulator time `at`) and returns None
+    on success or `(code, message)` to fail it. Nothing secret is kept here (a reset keeps only a hash).
+    """
 
     id: str
     cluster_id: str
@@ -213,6 +231,8 @@ class Operation:
     fail_message: str | None
     apply: Any  # callable applied once when the operation completes successfully
     status: str = "InProgress"
+    fail_code: str = "InternalOperationError"
+    ended: float | None = None
 
 
 class Estate:
@@ -335,7 +355,7 @@ class Estate:
                 kubernetes_version=spec.get("kubernetes_version", "1.33.2"),
                 aad_profile=spec.get("aad_profile"),
                 kubelet_identity=bool(spec.get("kubelet_identity", spec.get("client_id", "msi") == "msi")),
-                maintenance=[MaintenanceWindow(m["name"], m["time_in_week"]) for m in spec.get("maintenance", [])],
+                maintenance=[MaintenanceWindow.from_spec(m) for m in spec.get("maintenance", [])],
                 held_hash=held_hash,
                 held_key_id=held_key,
                 accounted_until=self.clock.timestamp(),
@@ -406,15 +426,18 @@ class Estate:
         return any(pw.hash == digest and pw.current(now) for pw in self.all_passwords(app))
 
     # -- outage accounting -----------------------------------------------------------------------------------
-    def account(self, cluster: Cluster) -> None:
+    def account(self, cluster: Cluster, at: float | None = None) -> None:
         """Add to outage_seconds the part of [accounted_until, now] during which the held secret was invalid.
 
         Between mutations, validity changes only when a password's end passes, so the interval is split there.
-        Mutations that change validity (removePassword, reset) call this first.
+        Mutations that change validity (removePassword, reset) call this first. `at` (emulator timestamp) is used
+        by completing AKS operations; without it, due operations are settled first.
         """
-        now_ts = self.clock.timestamp()
+        if at is None:
+            self.settle_operations()
+        now_ts = self.clock.timestamp() if at is None else at
         since = cluster.accounted_until
-        cluster.accounted_until = now_ts
+        cluster.accounted_until = max(since, now_ts)
         if now_ts <= since or cluster.client_id == "msi":
             return
         app = self.applications.get(cluster.client_id)
@@ -433,7 +456,32 @@ class Estate:
             self.account(cluster)
 
     # -- truth -----------------------------------------------------------------------------------------------
+    def settle_operations(self) -> None:
+        """Complete every due AKS operation, in completion order, as of its own completion time."""
+        now_ts = self.clock.timestamp()
+        due = sorted(
+            (op for op in self.operations.values() if op.status == "InProgress" and op.done_at <= now_ts),
+            key=lambda op: op.done_at,
+        )
+        for op in due:
+            cluster = self.clusters.get(op.cluster_id.lower())
+            failure: tuple[str, str] | None = None
+            if op.fail_message is not None:
+                failure = (op.fail_code, op.fail_message)
+            elif cluster is not None and op.apply is not None:
+                failure = op.apply(self, cluster, op.done_at)
+            op.ended = op.done_at
+            op.apply = None
+            if failure is not None:
+                op.status = "Failed"
+                op.fail_code, op.fail_message = failure
+            else:
+                op.status = "Succeeded"
+            if cluster is not None:
+                cluster.provisioning_state = "Failed" if failure is not None else "Succeeded"
+
     def truth(self) -> dict[str, Any]:
+        self.settle_operations()
         now = self.clock.now()
         clusters = []
         for c in self.clusters.values():

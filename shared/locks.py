@@ -51,6 +51,10 @@ class LockLost(Exception):
         self.cluster_id = cluster_id
 
 
+def _error_code(exc: HttpResponseError) -> str:
+    return str(getattr(exc, "error_code", None) or "")
+
+
 def lock_blob_name(cluster_id: str) -> str:
     """The lock blob for a cluster: sha256 of the lower-cased id (any id becomes a valid blob name)."""
     return hashlib.sha256(cluster_id.lower().encode("utf-8")).hexdigest()
@@ -98,7 +102,7 @@ class ClusterLease:
                 await self._lease.renew()
             except HttpResponseError as exc:
                 # 409 LeaseIdMismatch / LeaseNotPresent / LeaseLost, 412, 404 blob gone: definitely not ours.
-                self._mark_lost(f"renew refused ({exc.status_code} {exc.error_code or ''})".strip())
+                self._mark_lost(f"renew refused ({exc.status_code} {_error_code(exc)})".strip())
                 return False
             except Exception as exc:  # transport trouble: keep trying until the lease would have expired
                 if self._expired():
@@ -170,10 +174,8 @@ class ClusterLocks:
 
     async def ensure(self) -> None:
         """Create the lock container if it does not exist."""
-        try:
+        with contextlib.suppress(ResourceExistsError):
             await self._container.create_container()
-        except ResourceExistsError:
-            pass
 
     async def _acquire(self, cluster_id: str) -> BlobLeaseClient:
         blob: BlobClient = self._container.get_blob_client(lock_blob_name(cluster_id))
@@ -183,22 +185,21 @@ class ClusterLocks:
                 await lease.acquire(lease_duration=self.lease_seconds)
                 return lease
             except ResourceNotFoundError as exc:
-                if exc.error_code == "ContainerNotFound":
+                if _error_code(exc) == "ContainerNotFound":
                     await self.ensure()
                 await self._create_blob(blob, cluster_id)
             except HttpResponseError as exc:
-                if exc.status_code == 409 and exc.error_code in (None, "LeaseAlreadyPresent"):
+                if exc.status_code == 409 and _error_code(exc) in ("", "LeaseAlreadyPresent"):
                     raise LockBusy(cluster_id) from None
                 raise
         raise RuntimeError(f"could not create the lock blob for cluster {cluster_id!r}")
 
     @staticmethod
     async def _create_blob(blob: BlobClient, cluster_id: str) -> None:
-        try:
-            # The content names the cluster, for whoever looks at the container.
+        # The content names the cluster, for whoever looks at the container. Created meanwhile by another
+        # holder (409) is fine.
+        with contextlib.suppress(ResourceExistsError):
             await blob.upload_blob(cluster_id.encode("utf-8"), overwrite=False)
-        except ResourceExistsError:
-            pass  # created meanwhile by another holder: fine
 
     async def _renew_loop(self, lease: ClusterLease) -> None:
         while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -116,10 +117,8 @@ class RotationQueues:
     async def ensure(self) -> None:
         """Create the rotation and poison queues if they do not exist."""
         for client in (self._queue, self._poison):
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 await client.create_queue()
-            except ResourceExistsError:
-                pass
 
     async def send(self, message_json: str, delay_seconds: int = 0) -> str:
         """Enqueue `message_json`, invisible for `delay_seconds` (capped at 7 days). Returns the message id."""

@@ -12,6 +12,7 @@ ever written here (the callers' duty; the audit `detail` and rejection `excerpt`
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import re
 import secrets
@@ -228,10 +229,8 @@ class RotationStore:
     async def ensure(self) -> None:
         """Create the state and audit tables if they do not exist."""
         for client in (self._state, self._audit):
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 await client.create_table()
-            except ResourceExistsError:
-                pass
 
     # -- rotation rows ---------------------------------------------------------------------------------------
     async def get(self, rotation_id: str) -> RotationRecord | None:
@@ -300,15 +299,13 @@ class RotationStore:
         for _ in range(3):
             row_key, at = audit_row_key()
             try:
-                await self._audit.create_entity(
-                    {"PartitionKey": partition, "RowKey": row_key, "at": at, **properties}
-                )
+                await self._audit.create_entity({"PartitionKey": partition, "RowKey": row_key, "at": at, **properties})
                 return row_key, at
             except ResourceExistsError:
                 continue  # the same microsecond and suffix from another writer: draw again
         raise RuntimeError("could not allocate a unique audit row key")
 
-    async def audit(self, rotation_id: str, step: str, outcome: str, detail: str, **fields: Any) -> AuditRow:
+    async def audit(self, rotation_id: str, step: str, outcome: str, detail: str, /, **fields: Any) -> AuditRow:
         """Append one audit row for a rotation. `detail` and `fields` must not contain secrets."""
         check_key(rotation_id, "rotation_id")
         if rotation_id == REJECTED_PARTITION:
@@ -319,7 +316,9 @@ class RotationStore:
         extra = {name: _property_value(value) for name, value in fields.items()}
         text = detail[:DETAIL_LIMIT]
         row_key, at = await self._append(rotation_id, {"step": step, "outcome": outcome, "detail": text, **extra})
-        return AuditRow(rotation_id, step, outcome, text, at, row_key, {k: v for k, v in extra.items() if v is not None})
+        return AuditRow(
+            rotation_id, step, outcome, text, at, row_key, {k: v for k, v in extra.items() if v is not None}
+        )
 
     async def audit_log(self, rotation_id: str | None = None) -> builtins.list[AuditRow]:
         """A rotation's audit trail in write order; every rotation's (chronologically) when `rotation_id` is None."""

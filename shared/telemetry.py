@@ -29,11 +29,17 @@ def configure(settings: Settings) -> bool:
     global _configured
     if _configured or settings.appinsights_connection_string is None:
         return _configured
+    from azure.identity import ManagedIdentityCredential
     from azure.monitor.opentelemetry import configure_azure_monitor
 
+    kwargs: dict[str, Any] = {}
+    if settings.client_secret is None:
+        # infra/ disables local auth on Application Insights: telemetry is sent with the managed identity.
+        kwargs["credential"] = ManagedIdentityCredential(client_id=settings.client_id)
     configure_azure_monitor(
         connection_string=settings.appinsights_connection_string.get_secret_value(),
         logger_name="shared",
+        **kwargs,
     )
     _configured = True
     return True

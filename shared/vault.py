@@ -153,7 +153,9 @@ class VaultStore:
             self._client.set_secret(name, value, content_type=CONTENT_TYPE, expires_on=expires_on, tags=all_tags),
         )
         stored = _stored(secret.properties)
-        log_event(log, logging.INFO, "vault.stored", "stored a secret version", secret_name=name, version=stored.version)
+        log_event(
+            log, logging.INFO, "vault.stored", "stored a secret version", secret_name=name, version=stored.version
+        )
         return stored
 
     async def versions(self, name: str) -> list[StoredVersion]:

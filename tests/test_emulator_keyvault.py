@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,7 +67,7 @@ def _with_other_app(role: str | None) -> dict[str, Any]:
 
 
 def _raw(control: EmulatorControl, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    with httpx.Client(base_url=control.endpoint, verify=control.ca_file) as http:
+    with httpx.Client(base_url=control.endpoint, verify=ssl.create_default_context(cafile=control.ca_file)) as http:
         return http.request(method, path, **kwargs)
 
 
@@ -235,20 +236,22 @@ def test_reader_sees_metadata_but_not_values(emulator: EmulatorControl) -> None:
 
 def test_no_role_is_forbidden(emulator: EmulatorControl) -> None:
     emulator.reset(_with_other_app(None))
-    with _client(emulator, _credential(emulator, OTHER_APP, OTHER_SECRET)) as nobody:
-        with pytest.raises(HttpResponseError) as info:
-            list(nobody.list_properties_of_secrets())
+    nobody = _client(emulator, _credential(emulator, OTHER_APP, OTHER_SECRET))
+    with nobody, pytest.raises(HttpResponseError) as info:
+        list(nobody.list_properties_of_secrets())
     assert info.value.status_code == 403
     assert "readMetadata/action" in info.value.message
 
 
 def test_unknown_vault_is_404(emulator: EmulatorControl) -> None:
     url = emulator.ready["key_vault_url"].rsplit("/", 1)[0] + "/no-such-vault"
-    with SecretClient(
-        url, _credential(emulator), verify_challenge_resource=False, connection_verify=emulator.ca_file
-    ) as missing:
-        with pytest.raises(ResourceNotFoundError) as info:
-            missing.get_secret("x")
+    with (
+        SecretClient(
+            url, _credential(emulator), verify_challenge_resource=False, connection_verify=emulator.ca_file
+        ) as missing,
+        pytest.raises(ResourceNotFoundError) as info,
+    ):
+        missing.get_secret("x")
     assert info.value.error is not None and info.value.error.code == "VaultNotFound"
 
 
@@ -272,7 +275,8 @@ def test_per_vault_bucket_answers_429(emulator: EmulatorControl) -> None:
         with pytest.raises(HttpResponseError) as info:
             c.get_secret("limited")
     assert info.value.status_code == 429
-    assert info.value.response is not None and "Retry-After" in info.value.response.headers
+    response: Any = info.value.response
+    assert response is not None and "Retry-After" in response.headers
 
 
 def test_async_client_round_trip(emulator: EmulatorControl) -> None:
@@ -286,9 +290,12 @@ def test_async_client_round_trip(emulator: EmulatorControl) -> None:
             disable_instance_discovery=True,
             connection_verify=ready["ca_file"],
         )
-        async with credential, AsyncSecretClient(
-            ready["key_vault_url"], credential, verify_challenge_resource=False, connection_verify=ready["ca_file"]
-        ) as c:
+        async with (
+            credential,
+            AsyncSecretClient(
+                ready["key_vault_url"], credential, verify_challenge_resource=False, connection_verify=ready["ca_file"]
+            ) as c,
+        ):
             for i in range(27):
                 await c.set_secret("async-many", f"value-{i}")
             got = await c.get_secret("async-many")

@@ -40,13 +40,15 @@ REQUIRED_SETTINGS = frozenset(
 
 @functools.cache
 def bicep(relative: str) -> dict[str, Any]:
-    return BicepParser().parse(file_path=INFRA / relative)
+    parsed: dict[str, Any] = dict(BicepParser().parse(file_path=INFRA / relative))
+    return parsed
 
 
 def resource(relative: str, name: str) -> dict[str, Any]:
     """The properties block of a (non-loop) resource, by symbolic name."""
     config: dict[str, Any] = bicep(relative)["resources"][name]["config"]
-    return config.get("config", config)
+    inner: dict[str, Any] = config.get("config", config)
+    return inner
 
 
 def test_there_is_infra() -> None:
