@@ -260,7 +260,7 @@ class GraphOps:
     # -- retry plumbing --------------------------------------------------------------------------------------
     def _delay(self, attempt: int) -> float:
         base: float = min(self._max_backoff, self._backoff * (2 ** (attempt - 1)))
-        return base * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not cryptography
+        return base * (0.5 + random.random() / 2)
 
     def _config(self, query: Any = None) -> RequestConfiguration[Any]:
         return RequestConfiguration(query_parameters=query, options=[_NO_SDK_RETRY])
@@ -283,7 +283,7 @@ class GraphOps:
                     await asyncio.sleep(wait if wait is not None else self._delay(attempt))
                     continue
                 raise self._mapped(operation, status, code) from None
-            except (httpx.TransportError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, httpx.TransportError) as exc:
                 if attempt < self._max_attempts and 500 in retry_statuses:
                     await asyncio.sleep(self._delay(attempt))
                     continue
@@ -365,14 +365,14 @@ class GraphOps:
         adapter = self._client.request_adapter
         errors: dict[str, Any] = {"XXX": ODataError}
         try:
-            raw = await adapter.send_primitive_async(info, "bytes", errors)
+            raw: Any = await adapter.send_primitive_async(info, "bytes", errors)
         except APIError as exc:
             status = exc.response_status_code
             if status in RETRY_STATUSES:
                 wait = _retry_after(exc.response_headers) if status == 429 else None
                 return [self._requeue(item, wait, f"batch HTTP {status}") for item in chunk]
             raise self._mapped("lookup_apps $batch", status, _odata_code(exc)) from None
-        except (httpx.TransportError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, httpx.TransportError) as exc:
             return [self._requeue(item, None, type(exc).__name__) for item in chunk]
         try:
             responses = json.loads(raw or b"{}").get("responses", [])
@@ -386,7 +386,8 @@ class GraphOps:
                 again.append(self._requeue(item, None, "missing batch response"))
                 continue
             status = int(answer.get("status", 0))
-            body = answer.get("body") if isinstance(answer.get("body"), dict) else {}
+            raw_body = answer.get("body")
+            body: dict[str, Any] = raw_body if isinstance(raw_body, dict) else {}
             if status == 200:
                 target = apps if item.kind == "application" else sps
                 for obj in body.get("value", []):
