@@ -1,9 +1,193 @@
-"""Placeholder: routes for this surface are being written."""
+"""Azure Resource Graph: `POST /providers/Microsoft.ResourceGraph/resources` (api-version 2021-03-01 shapes).
+
+Only the KQL texts in `QUERIES` are understood (compared with whitespace collapsed); anything else is refused with
+Resource Graph's `BadRequest` / `InvalidQuery` error. Rows are visible only where the caller can read the cluster
+(role assignments), pages are capped at 1000 rows (`$top`, default 100) and continue with `$skipToken`, and the
+per-principal user quota is reported in `x-ms-user-quota-remaining` / `x-ms-user-quota-resets-after`.
+The estate flag `resource_graph_enabled: false` makes every query answer 403.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
 from aiohttp import web
+
+from emulator.arm import authorization_failed, can, cluster_json, visible_subscriptions
+from emulator.server import Emulator, Reply, emulator_of, json_body
+from emulator.state import Cluster
+from emulator.tokens import Claims
+
+PAGE_MAX = 1000
+PAGE_DEFAULT = 100
+
+# Must stay identical (modulo whitespace) to shared.resource_graph.CLUSTERS_QUERY; a test checks it.
+CLUSTERS_QUERY = """resources
+| where type =~ 'microsoft.containerservice/managedclusters'
+| project id, name, type, location, resourceGroup, subscriptionId, tags, identity, properties
+| order by id asc"""
+
+
+def normalize(query: str) -> str:
+    return " ".join(query.split())
+
+
+Row = dict[str, Any]
+COLUMN_TYPES = {"tags": "object", "identity": "object", "properties": "object"}
+
+
+def _cluster_row(emu: Emulator, c: Cluster) -> Row:
+    arm = cluster_json(c, emu.estate.tenant_id)
+    return {
+        "id": arm["id"],
+        "name": arm["name"],
+        "type": arm["type"].lower(),
+        "tenantId": emu.estate.tenant_id,
+        "kind": "",
+        "location": arm["location"],
+        "resourceGroup": c.resource_group.lower(),
+        "subscriptionId": c.subscription_id,
+        "managedBy": "",
+        "sku": arm["sku"],
+        "plan": None,
+        "properties": arm["properties"],
+        "tags": arm["tags"],
+        "identity": arm.get("identity"),
+        "zones": None,
+        "extendedLocation": None,
+    }
+
+
+QUERIES: dict[str, tuple[list[str], Callable[[Emulator], list[Cluster]]]] = {
+    normalize(CLUSTERS_QUERY): (
+        ["id", "name", "type", "location", "resourceGroup", "subscriptionId", "tags", "identity", "properties"],
+        lambda emu: sorted(emu.estate.clusters.values(), key=lambda c: c.id.lower()),
+    ),
+}
+
+
+def _support_message() -> str:
+    stamp = datetime.now(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    return f"Please provide below info when asking for support: timestamp = {stamp}, correlationId = {uuid.uuid4()}."
+
+
+def _error(status: int, code: str, details: list[dict[str, Any]], headers: dict[str, str] | None = None) -> Reply:
+    body = {"error": {"code": code, "message": _support_message(), "details": details}}
+    extra = {"x-ms-request-id": str(uuid.uuid4()), **(headers or {})}
+    return Reply(web.json_response(body, status=status, headers=extra))
+
+
+def _resets_after(seconds: float) -> str:
+    total = max(0, math.ceil(seconds))
+    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def _token(offset: int, fingerprint: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "f": fingerprint}).encode()).decode()
+
+
+def _offset(token: str, fingerprint: str) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if data["f"] == fingerprint:
+            return int(data["o"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        pass
+    raise _error(400, "BadRequest", [{"code": "InvalidSkipToken", "message": "The skip token is invalid."}])
+
+
+async def resources(request: web.Request) -> web.Response:
+    emu = emulator_of(request)
+    claims = emu.authenticate(request, "resourcegraph")
+    allowed, remaining, resets = emu.rg_quota.take(claims.app_id)
+    quota = {"x-ms-user-quota-remaining": str(remaining), "x-ms-user-quota-resets-after": _resets_after(resets)}
+    if not allowed:
+        detail = (
+            "Client application has been throttled and should not attempt to repeat the request until an amount of "
+            "time has elapsed. Please see https://aka.ms/resourcegraph-throttling for help."
+        )
+        headers = {**quota, "Retry-After": str(max(1, math.ceil(resets)))}
+        raise _error(429, "RateLimiting", [{"code": "RateLimiting", "message": detail}], headers)
+    try:
+        response = _answer(emu, claims_app=claims.app_id, body=json_body(await request.text(), "resourcegraph"))
+    except Reply as reply:
+        reply.response.headers.update(quota)
+        raise
+    response.headers.update(quota)
+    return response
+
+
+def _answer(emu: Emulator, claims_app: str, body: Any) -> web.Response:
+    if not emu.seed.get("resource_graph_enabled", True):
+        object_id = emu.estate.principal_object_id(claims_app) or ""
+        claims = Claims(claims_app, object_id, "", (), 0)
+        raise Reply(authorization_failed("resourcegraph", claims, "Microsoft.ResourceGraph/resources/read", "/"))
+    if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+        raise _error(400, "BadRequest", [{"code": "InvalidRequestContent", "message": "The query is required."}])
+    entry = QUERIES.get(normalize(body["query"]))
+    if entry is None:
+        details = [
+            {
+                "code": "InvalidQuery",
+                "message": "Query is invalid. Please refer to the documentation for the Azure Resource Graph service "
+                "and fix the error before retrying.",
+            },
+            {"code": "UnsupportedQuery", "message": "This emulator answers only the queries the product sends."},
+        ]
+        raise _error(400, "BadRequest", details)
+    columns, source = entry
+    options = body.get("options") or {}
+    fmt = str(options.get("resultFormat") or "objectArray")
+    try:
+        top = int(options.get("$top") or PAGE_DEFAULT)
+        skip = int(options.get("$skip") or 0)
+    except (TypeError, ValueError):
+        raise _error(400, "BadRequest", [{"code": "InvalidOptions", "message": "$top/$skip are invalid."}]) from None
+    if not 1 <= top <= PAGE_MAX or skip < 0:
+        message = f"The $top value must be between 1 and {PAGE_MAX}, $skip must not be negative."
+        raise _error(400, "BadRequest", [{"code": "InvalidOptions", "message": message}])
+    requested = {s.lower() for s in body.get("subscriptions") or []}
+    visible = {s.lower() for s in visible_subscriptions(emu.estate, claims_app)}
+    scope = (requested & visible) if requested else visible
+    action = "Microsoft.ContainerService/managedClusters/read"
+    rows = [
+        _cluster_row(emu, c)
+        for c in source(emu)
+        if c.subscription_id.lower() in scope and can(emu.estate, claims_app, action, c.id)
+    ]
+    fingerprint = hashlib.sha256(
+        (normalize(body["query"]) + "|" + ",".join(sorted(scope)) + f"|{skip}").encode()
+    ).hexdigest()[:16]
+    start = skip + (_offset(str(options["$skipToken"]), fingerprint) if options.get("$skipToken") else 0)
+    page = rows[start : start + top]
+    projected = [{k: row.get(k) for k in columns} for row in page]
+    data: Any
+    if fmt.lower() == "table":
+        data = {
+            "columns": [{"name": k, "type": COLUMN_TYPES.get(k, "string")} for k in columns],
+            "rows": [[row[k] for k in columns] for row in projected],
+        }
+    else:
+        data = projected
+    result: dict[str, Any] = {
+        "totalRecords": max(0, len(rows) - skip),
+        "count": len(page),
+        "data": data,
+        "facets": [],
+        "resultTruncated": "false",
+    }
+    if start + top < len(rows):
+        result["$skipToken"] = _token(start - skip + top, fingerprint)
+    return web.json_response(result)
 
 
 def setup(app: web.Application) -> None:
-    """Register this surface's routes."""
+    app.router.add_post("/providers/Microsoft.ResourceGraph/resources", resources, name="resourcegraph.resources")

@@ -79,6 +79,7 @@ T = TypeVar("T")
 IDS_PER_FILTER = 15  # Graph: at most 15 values in one `in (...)` clause
 BATCH_SIZE = 20  # Graph: at most 20 requests in one JSON batch
 LOOKUP_SELECT = "id,appId,displayName,passwordCredentials"
+LOOKUP_TOP = 999  # a 15-id filter never needs a second page; @odata.nextLink is followed anyway
 POLICY_CODES = frozenset(
     {"CredentialTypeNotAllowedAsPerAppPolicy", "CredentialInvalidLifetimeAsPerAppPolicy", "TooManyAppPasswords"}
 )
@@ -305,7 +306,7 @@ class GraphOps:
         pending: list[_Item] = []
         for i in range(0, len(wanted), IDS_PER_FILTER):
             clause = quote(f"appId in ({_quote_values(wanted[i : i + IDS_PER_FILTER])})", safe="(),'")
-            query = f"$filter={clause}&$select={LOOKUP_SELECT}&$top=999"
+            query = f"$filter={clause}&$select={LOOKUP_SELECT}&$top={LOOKUP_TOP}"
             pending.append(_Item("application", f"/applications?{query}"))
             pending.append(_Item("servicePrincipal", f"/servicePrincipals?{query}"))
         apps: dict[str, dict[str, Any]] = {}
@@ -322,8 +323,15 @@ class GraphOps:
             if start > loop.time():
                 await asyncio.sleep(start - loop.time())
             chunks = [pending[i : i + BATCH_SIZE] for i in range(0, len(pending), BATCH_SIZE)]
-            results = await asyncio.gather(*(run(chunk) for chunk in chunks))
-            pending = [item for result in results for item in result]
+            try:
+                async with asyncio.TaskGroup() as group:  # a failure cancels the sibling batches
+                    tasks = [group.create_task(run(chunk)) for chunk in chunks]
+            except BaseExceptionGroup as failed:
+                first: BaseException = failed
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise first from None
+            pending = [item for task in tasks for item in task.result()]
         out: dict[str, AppCredentials] = {}
         for app_id in wanted:
             app, sp = apps.get(app_id), sps.get(app_id)

@@ -1,0 +1,135 @@
+"""Cluster inventory through Azure Resource Graph: one KQL query, paged with `$skipToken`, within the user quota.
+
+Resource Graph allows a handful of queries per principal per few seconds; every answer says how many remain
+(`x-ms-user-quota-remaining`) and when the window resets (`x-ms-user-quota-resets-after`, hh:mm:ss). When the
+quota hits 0 with pages left, we wait for the reset before asking for the next page; a 429 is waited out per its
+`Retry-After`. Both waits are bounded. A 400/403 means Resource Graph is not usable for this identity:
+`ResourceGraphRefused`, and discovery falls back to ARM lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import HttpResponseError
+from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions, ResultFormat
+
+from shared.aks import ClusterInfo, cluster_info
+from shared.azure import resource_graph
+from shared.settings import Settings
+
+CLUSTERS_QUERY = """resources
+| where type =~ 'microsoft.containerservice/managedclusters'
+| project id, name, type, location, resourceGroup, subscriptionId, tags, identity, properties
+| order by id asc"""
+
+PAGE_SIZE = 1000
+SUBSCRIPTIONS_PER_QUERY = 1000  # Resource Graph's limit on the subscriptions of one request
+MAX_WAIT_SECONDS = 60.0
+MAX_THROTTLED = 5
+MAX_PAGES = 10000
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class ResourceGraphRefused(Exception):
+    """Resource Graph refused the query (400/403): fall back to ARM lists."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ResourceGraphError(Exception):
+    """Resource Graph failed in another way (throttled beyond our bounds, 5xx after retries)."""
+
+
+def parse_resets_after(value: str | None) -> float:
+    """Seconds from `x-ms-user-quota-resets-after` (hh:mm:ss, possibly with fractions); 0 when absent/invalid."""
+    if not value:
+        return 0.0
+    try:
+        parts = [float(p) for p in value.strip().split(":")]
+    except ValueError:
+        return 0.0
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return max(0.0, seconds)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+    return parse_resets_after(headers.get("x-ms-user-quota-resets-after")) or 1.0
+
+
+async def query_clusters(
+    settings: Settings,
+    credential: AsyncTokenCredential,
+    subscriptions: Sequence[str] | None,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    **client_kwargs: Any,
+) -> list[ClusterInfo]:
+    """Every managed cluster visible to the product (in `subscriptions`, or all it can read when None)."""
+    if subscriptions is not None and not subscriptions:
+        return []
+    chunks: list[list[str] | None] = (
+        [None]
+        if subscriptions is None
+        else [
+            list(subscriptions[i : i + SUBSCRIPTIONS_PER_QUERY])
+            for i in range(0, len(subscriptions), SUBSCRIPTIONS_PER_QUERY)
+        ]
+    )
+    result: list[ClusterInfo] = []
+    async with resource_graph(settings, credential, **client_kwargs) as client:
+        for chunk in chunks:
+            await _query(client, chunk, result, sleep)
+    return result
+
+
+async def _query(client: Any, subscriptions: list[str] | None, result: list[ClusterInfo], sleep: Sleep) -> None:
+    skip_token: str | None = None
+    throttled = 0
+    for _ in range(MAX_PAGES):
+        request = QueryRequest(
+            subscriptions=subscriptions,
+            query=CLUSTERS_QUERY,
+            options=QueryRequestOptions(top=PAGE_SIZE, skip_token=skip_token, result_format=ResultFormat.OBJECT_ARRAY),
+        )
+        try:
+            response, headers = await client.resources(
+                request, cls=lambda pipeline, body, _: (body, pipeline.http_response.headers)
+            )
+        except HttpResponseError as exc:
+            status = exc.status_code
+            code = exc.error.code if exc.error is not None else None
+            if status in (400, 403):
+                raise ResourceGraphRefused(f"Resource Graph refused the query: {status} {code}", status, code) from None
+            if status == 429 and throttled < MAX_THROTTLED and exc.response is not None:
+                throttled += 1
+                await sleep(min(MAX_WAIT_SECONDS, _retry_after(exc.response.headers)))  # type: ignore[attr-defined]
+                continue
+            raise ResourceGraphError(f"Resource Graph query failed: {status} {code}") from None
+        throttled = 0
+        rows = response.data if isinstance(response.data, list) else []
+        result.extend(cluster_info(row) for row in rows)
+        skip_token = response.skip_token
+        if not skip_token:
+            return
+        remaining = headers.get("x-ms-user-quota-remaining")
+        if remaining is not None and remaining.strip() == "0":
+            wait = parse_resets_after(headers.get("x-ms-user-quota-resets-after"))
+            await sleep(min(MAX_WAIT_SECONDS, math.ceil(wait * 1000) / 1000))
+    raise ResourceGraphError("Resource Graph paging did not end")
