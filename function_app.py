@@ -6,9 +6,11 @@ Each trigger parses what the host hands it, calls one function in `shared/`, and
 
 from __future__ import annotations
 
+import json
+
 import azure.functions as func
 
-from shared import discovery, rotation
+from shared import api, discovery, events, rotation
 from shared.runtime import settings
 
 app = func.FunctionApp()
@@ -30,3 +32,32 @@ async def rotate_credential(msg: func.QueueMessage) -> None:
 async def rotation_poison(msg: func.QueueMessage) -> None:
     """A message failed maxDequeueCount times: record it with the reason and alert."""
     await rotation.handle_poison(settings(), msg.get_body().decode("utf-8", errors="replace"))
+
+
+@app.event_grid_trigger(arg_name="event")
+async def keyvault_events(event: func.EventGridEvent) -> None:
+    """Key Vault SecretNearExpiry / SecretExpired → the same rotation messages the timer queues."""
+    envelope = {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "data": event.get_json(),
+    }
+    await events.handle_event(settings(), envelope)
+
+
+@app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def http_status(req: func.HttpRequest) -> func.HttpResponse:
+    """Estate summary: rotations by state, the nearest expiries, failed rotations."""
+    return _json(await api.status_summary(settings()))
+
+
+@app.route(route="rotations", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+async def http_request_rotation(req: func.HttpRequest) -> func.HttpResponse:
+    """Request rotation of one cluster; the body is validated like a queue message."""
+    return _json(await api.request_rotation(settings(), req.get_body()))
+
+
+def _json(response: api.ApiResponse) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(response.body), status_code=response.status, mimetype="application/json")

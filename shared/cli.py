@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared import discovery, rotation
+from shared import discovery, events, rotation
 from shared.logs import redact
 from shared.runtime import settings as load_settings
 from shared.settings import Settings, SettingsError
@@ -235,6 +235,22 @@ def status(
         emit_json(views)
     else:
         out.print(_status_table(views))
+
+
+@app.command()
+def event(
+    file: Annotated[
+        typer.FileBinaryRead, typer.Argument(help="Event Grid or CloudEvents JSON, as the host delivers it.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Deliver one Key Vault event locally (what the Event Grid trigger does)."""
+    outcome = _run(events.handle_event(_settings(), file.read()))
+    if as_json:
+        emit_json(outcome)
+    else:
+        out.print(f"{outcome.action}: {redact(outcome.reason)}")
+    raise typer.Exit(EXIT_INPUT if outcome.action == "rejected" else EXIT_OK)
 
 
 def main() -> None:

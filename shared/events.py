@@ -18,9 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from shared.logs import EVENT_INPUT_REJECTED, EVENT_KEYVAULT_SECRET_EXPIRED, alert, log_event, redact
+from shared import edge, rotation
+from shared.azure import product_credential
+from shared.logs import EVENT_KEYVAULT_SECRET_EXPIRED, alert, log_event
 from shared.messages import MAX_MESSAGE_BYTES, CredentialKind, InvalidInput, new_rotation_message
 from shared.settings import Settings
+from shared.store import RotationStore
+from shared.vault import VaultStore
 
 log = logging.getLogger(__name__)
 
@@ -138,31 +142,31 @@ def vault_allowed(settings: Settings, vault: str) -> bool:
 
 @dataclass(frozen=True)
 class EventOutcome:
-    action: str  # "queued" | "already_queued" | "ignored" | "rejected"
+    action: str  # "queued" | "duplicate" | "already_active" | "ignored" | "rejected"
     reason: str
     rotation_id: str | None = None
 
 
 async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) -> EventOutcome:
     """The Event Grid trigger: validate, map the secret to its cluster by our tags, queue through `submit`."""
-    from shared import rotation
-    from shared.vault import VaultStore
-
     try:
         event = parse_event(raw)
     except InvalidInput as exc:
-        log_event(log, logging.WARNING, EVENT_INPUT_REJECTED, f"event rejected: {exc.reason}", source="eventgrid")
-        await rotation.record_rejection(settings, "eventgrid", exc.reason, redact(str(raw))[:200])
+        await _reject(settings, exc, raw)
         return EventOutcome("rejected", exc.reason)
-    fields = {"event_id": event.event_id, "vault": event.vault, "secret": event.secret_name}
+    fields: dict[str, Any] = {"event_id": event.event_id, "vault": event.vault, "secret": event.secret_name}
     if event.event_type not in HANDLED_TYPES:
         log_event(log, logging.INFO, "keyvault.event_ignored", f"ignored {event.event_type}", **fields)
         return EventOutcome("ignored", f"event type {event.event_type} is not acted on")
     if not vault_allowed(settings, event.vault):
         log_event(log, logging.WARNING, "keyvault.event_ignored", "vault is not in VAULT_ALLOWLIST", **fields)
         return EventOutcome("ignored", "vault is not allowed")
-    async with VaultStore(settings) as vault:
-        versions = await vault.versions(event.secret_name)
+    credential = product_credential(settings)
+    try:
+        async with VaultStore(settings, credential) as vault:
+            versions = await vault.versions(event.secret_name)
+    finally:
+        await credential.close()
     stored = next((v for v in versions if v.version.lower() == event.version), None)
     if stored is None or stored.tags.get("managed-by") != "aks-credential-rotator":
         log_event(log, logging.INFO, "keyvault.event_ignored", "secret is not managed by this product", **fields)
@@ -188,7 +192,14 @@ async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) ->
             observed_expiry=event.expires_on or stored.expires_on,
         )
     except InvalidInput as exc:
-        await rotation.record_rejection(settings, "eventgrid", f"tags on {event.secret_name}: {exc.reason}", "")
+        await _reject(settings, exc, f"tags of {event.secret_name}/{event.version}")
         return EventOutcome("rejected", exc.reason)
     result = await rotation.submit(settings, message)
-    return EventOutcome("queued" if result.queued else "already_queued", result.reason, message.rotation_id)
+    return EventOutcome(result.status, result.detail, message.rotation_id)
+
+
+async def _reject(settings: Settings, problem: InvalidInput, raw: str | bytes | dict[str, Any]) -> None:
+    text = json.dumps(raw, default=str) if isinstance(raw, dict) else raw
+    async with RotationStore(settings) as store:
+        await store.ensure()
+        await edge.reject(store, "eventgrid", problem, text)

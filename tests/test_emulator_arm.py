@@ -67,14 +67,14 @@ def test_list_follows_next_link_across_pages(emulator: EmulatorControl, emu_sett
     sub = doc["subscriptions"][0]["id"]
 
     async def names(client: ContainerServiceClient) -> list[str]:
-        return [mc.name async for mc in client.managed_clusters.list()]
+        return [str(mc.name) async for mc in client.managed_clusters.list()]
 
     listed = _run(emu_settings, sub, names)
     assert sorted(listed) == sorted(c["name"] for c in doc["clusters"])
     assert emulator.requests()["arm.list"] == 3
 
     async def by_rg(client: ContainerServiceClient) -> list[str]:
-        return [mc.name async for mc in client.managed_clusters.list_by_resource_group("rg-0001")]
+        return [str(mc.name) async for mc in client.managed_clusters.list_by_resource_group("rg-0001")]
 
     assert len(_run(emu_settings, sub, by_rg)) == 50
 
@@ -350,9 +350,13 @@ def test_authorization_failed_names_action_and_scope(emulator: EmulatorControl, 
         _run(emu_settings, cluster["subscription_id"], reset, retry_total=0)
     assert info.value.status_code == 403 and info.value.error is not None
     assert info.value.error.code == "AuthorizationFailed"
-    scope = f"/subscriptions/{cluster['subscription_id']}/resourceGroups/{cluster['resource_group']}/providers/Microsoft.ContainerService/managedClusters/{cluster['name']}"
+    scope = (
+        f"/subscriptions/{cluster['subscription_id']}/resourceGroups/{cluster['resource_group']}"
+        f"/providers/Microsoft.ContainerService/managedClusters/{cluster['name']}"
+    )
+    oid = _product_oid(emulator)
     assert info.value.error.message == (
-        f"The client '{emu_settings.client_id}' with object id '{doc['product'].get('sp_object_id') or _product_oid(emulator)}' "
+        f"The client '{emu_settings.client_id}' with object id '{oid}' "
         "does not have authorization to perform action "
         f"'Microsoft.ContainerService/managedClusters/resetServicePrincipalProfile/action' over scope '{scope}' "
         "or the scope is invalid. If access was recently granted, please refresh your credentials."
@@ -373,14 +377,16 @@ def test_throttling_answers_429_and_the_sdk_retries_through(emulator: EmulatorCo
     cluster = doc["clusters"][0]
 
     async def gets(client: ContainerServiceClient) -> list[str]:
-        return [(await client.managed_clusters.get(cluster["resource_group"], cluster["name"])).name for _ in range(4)]
+        return [
+            str((await client.managed_clusters.get(cluster["resource_group"], cluster["name"])).name) for _ in range(4)
+        ]
 
     with pytest.raises(HttpResponseError) as info:
         _run(emu_settings, cluster["subscription_id"], gets, retry_total=0)
     assert info.value.status_code == 429
-    assert info.value.response is not None
-    assert int(info.value.response.headers["Retry-After"]) >= 1
-    assert info.value.response.headers["x-ms-ratelimit-remaining-subscription-reads"] == "0"
+    response: Any = info.value.response
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.headers["x-ms-ratelimit-remaining-subscription-reads"] == "0"
     assert _run(emu_settings, cluster["subscription_id"], gets) == [cluster["name"]] * 4
 
 

@@ -1,0 +1,73 @@
+"""The HTTP front door: `GET /api/status` and `POST /api/rotations` (auth level FUNCTION).
+
+Both answer JSON. A request body is validated exactly like a queue message (`shared.messages`); a rejected one
+gets a 400 naming the problem and a correlation id, and is recorded like every other rejected input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from shared import edge, rotation
+from shared.messages import InvalidInput, parse_rotation_request
+from shared.settings import Settings
+from shared.store import RotationStore
+
+NEXT_EXPIRIES = 10
+FAILED_SHOWN = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    body: dict[str, Any]
+
+
+async def status_summary(settings: Settings) -> ApiResponse:
+    """Estate summary from the state table: counts by state, the nearest expiries, failed rotations."""
+    async with RotationStore(settings) as store:
+        await store.ensure()
+        rows = await store.list()
+    now = datetime.now(UTC)
+    upcoming = sorted((r for r in rows if not r.terminal and r.observed_expiry), key=lambda r: r.observed_expiry or now)
+    failed = sorted((r for r in rows if r.state == "failed"), key=lambda r: r.updated_at, reverse=True)
+    return ApiResponse(
+        200,
+        {
+            "generatedAt": now.isoformat(),
+            "rotations": dict(Counter(r.state for r in rows)),
+            "nextExpiries": [
+                {
+                    "clusterId": r.cluster_id,
+                    "kind": r.kind,
+                    "expiresOn": r.observed_expiry.isoformat() if r.observed_expiry else None,
+                    "state": r.state,
+                    "step": r.step,
+                }
+                for r in upcoming[:NEXT_EXPIRIES]
+            ],
+            "failed": [
+                {"rotationId": r.rotation_id, "clusterId": r.cluster_id, "reason": r.failure_reason or ""}
+                for r in failed[:FAILED_SHOWN]
+            ],
+        },
+    )
+
+
+async def request_rotation(settings: Settings, body: bytes) -> ApiResponse:
+    """Validate the body like a queue message, then take the same path as `aks-rotator rotate`."""
+    try:
+        request = parse_rotation_request(body)
+        if request.kind.value != "sp_secret":
+            raise InvalidInput("only kind sp_secret can be requested over HTTP", "kind")
+        result = await rotation.rotate_now(settings, request.cluster_id, dry_run=False)
+    except InvalidInput as problem:
+        async with RotationStore(settings) as store:
+            await store.ensure()
+            correlation_id = await edge.reject(store, "http", problem, body)
+        return ApiResponse(400, {"error": problem.reason, "field": problem.field, "correlationId": correlation_id})
+    status = 202 if result.status == "queued" else 200
+    return ApiResponse(status, {k: v for k, v in dataclasses.asdict(result).items() if v is not None})

@@ -1,0 +1,38 @@
+"""What happens to input that fails validation at any entry point (queue, event, HTTP, CLI).
+
+It changes nothing else: it is logged at warning with a correlation id, recorded with its reason in the audit
+table's `rejected` partition (a redacted, truncated excerpt only), and counted by the `input.rejected` alert
+query. It never echoes a secret or a large payload.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.logs import EVENT_INPUT_REJECTED, log_event, redact
+from shared.messages import InvalidInput, new_correlation_id
+from shared.store import RotationStore
+
+log = logging.getLogger(__name__)
+EXCERPT_CHARS = 200
+
+
+async def reject(
+    store: RotationStore, source: str, problem: InvalidInput, raw: str | bytes, correlation_id: str | None = None
+) -> str:
+    """Record a rejected input; returns the correlation id to hand back to the caller."""
+    correlation_id = correlation_id or new_correlation_id()
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    log_event(
+        log,
+        logging.WARNING,
+        EVENT_INPUT_REJECTED,
+        f"{source} input rejected: {problem.reason}",
+        source=source,
+        field=problem.field,
+        correlation_id=correlation_id,
+    )
+    await store.record_rejection(
+        source, problem.reason, correlation_id, redact(text[: EXCERPT_CHARS * 4])[:EXCERPT_CHARS]
+    )
+    return correlation_id
