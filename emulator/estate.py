@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import uuid
@@ -13,6 +14,8 @@ from emulator.state import ROTATOR_ARM_ACTIONS
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 PRODUCT_APP_ID = "5f0c1d2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f"
 VAULT = "rotator-kv"
+# The same for every generated estate, so settings taken from the ready file survive `reset(other_estate)`.
+PRODUCT_SECRET = "emulator-product~" + hashlib.sha256(b"aks-credential-rotator emulator").hexdigest()[:23]
 
 
 def _uuid(rng: random.Random) -> str:
@@ -24,7 +27,7 @@ def base(rng: random.Random, subscriptions: list[dict[str, Any]]) -> dict[str, A
     return {
         "tenant_id": TENANT_ID,
         "random_seed": rng.randrange(1 << 30),
-        "product": {"app_id": PRODUCT_APP_ID, "secret": "emulator-product-" + uuid.UUID(int=rng.getrandbits(128)).hex},
+        "product": {"app_id": PRODUCT_APP_ID, "secret": PRODUCT_SECRET},
         "subscriptions": subscriptions,
         "vaults": [{"name": VAULT}],
         "role_assignments": [

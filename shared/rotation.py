@@ -50,6 +50,7 @@ from shared.graph import (
     GraphError,
     GraphOps,
     Holder,
+    NewPassword,
     PasswordInfo,
     PasswordPolicyError,
 )
@@ -558,10 +559,9 @@ async def _step_create(run: _Run) -> _Result:
             policy_max = None
         if policy_max is not None and policy_max < lifetime:
             lifetime = policy_max - timedelta(minutes=5)
-    end = now + lifetime
     await run.lease.ensure_held()
     try:
-        new = await deps.graph.add_password(plan.holder, plan.object_id, password_display_name(rid), end)
+        new = await _add_password(run, plan, lifetime)
     except PasswordPolicyError as exc:
         raise _Failure(f"addPassword refused by policy: {exc}", cleanup=False) from None
     except GraphAuthorizationError as exc:
@@ -574,6 +574,25 @@ async def _step_create(run: _Run) -> _Result:
         "create", "ok", f"added password {new.key_id} to the {plan.holder}, ends {new.end:%Y-%m-%d}", key_id=new.key_id
     )
     return await _store(run, plan, new.key_id, new.end, new.secret)
+
+
+_LIFETIME_LADDER_DAYS = (365, 180, 90, 60, 30, 14, 7, 1)
+
+
+async def _add_password(run: _Run, plan: _Plan, lifetime: timedelta) -> NewPassword:
+    """addPassword with the configured lifetime; when the app management policy refuses that lifetime (the
+    product may not be allowed to read the policy), step down a ladder of shorter ones. A refused addPassword
+    creates nothing."""
+    tries = [lifetime] + [timedelta(days=d) for d in _LIFETIME_LADDER_DAYS if timedelta(days=d) < lifetime]
+    for index, candidate in enumerate(tries):
+        end = run.now() + candidate
+        try:
+            return await run.deps.graph.add_password(plan.holder, plan.object_id, password_display_name(run.rid), end)
+        except PasswordPolicyError as exc:
+            if exc.code != "CredentialInvalidLifetimeAsPerAppPolicy" or index == len(tries) - 1:
+                raise
+            await run.audit("create", "lifetime_refused", f"the policy refused {candidate.days} days; trying shorter")
+    raise AssertionError("unreachable")
 
 
 async def _store(run: _Run, plan: _Plan, key_id: str, end: datetime, secret: SecretStr) -> _Result:
