@@ -253,11 +253,11 @@ def json_body(request_text: str, surface: str) -> Any:
 
 
 def build_app(emu: Emulator) -> web.Application:
-    from emulator import arm, control, entra, graph, keyvault, resource_graph
+    from emulator import arm, authorization, control, entra, graph, keyvault, resource_graph
 
     app = web.Application(middlewares=[_pipeline], client_max_size=4 * 1024 * 1024)
     app[EMULATOR_KEY] = emu
-    for module in (control, entra, arm, resource_graph, graph, keyvault):
+    for module in (control, entra, arm, authorization, resource_graph, graph, keyvault):
         module.setup(app)
     return app
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared import discovery, events, rotation
+from shared import discovery, events, permissions, rotation
 from shared.logs import redact
 from shared.runtime import settings as load_settings
 from shared.settings import Settings, SettingsError
@@ -251,6 +251,60 @@ def event(
     else:
         out.print(f"{outcome.action}: {redact(outcome.reason)}")
     raise typer.Exit(EXIT_INPUT if outcome.action == "rejected" else EXIT_OK)
+
+
+def _report_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    table = Table(title=title)
+    for column in headers:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        style = "red" if any(cell in ("MISSING", "failed") for cell in row) else ""
+        table.add_row(*(redact(cell) for cell in row), style=style)
+    return table
+
+
+ClusterOpt = Annotated[list[str] | None, typer.Option("--cluster", help="ARM id of a cluster (repeatable).")]
+
+
+@app.command()
+def preflight(cluster: ClusterOpt = None, as_json: JsonOpt = False) -> None:
+    """Check every permission the product needs, per cluster; print what is missing and how to grant it."""
+    settings = _settings()
+    with _progress(not as_json) as progress:
+        report = _run(permissions.preflight(settings, cluster_ids=cluster or None, progress=progress))
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        out.print(_report_table("Preflight", report.headers, report.rows()))
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
+
+
+@app.command()
+def adopt(
+    cluster: ClusterOpt = None,
+    all_clusters: Annotated[bool, typer.Option("--all", help="Every SP cluster the administrator can read.")] = False,
+    as_json: JsonOpt = False,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Run once by an administrator: make the product an owner of each cluster's SP application."""
+    if not cluster and not all_clusters:
+        err.print("name clusters with --cluster ID, or pass --all")
+        raise typer.Exit(EXIT_INPUT)
+    settings = _settings()
+    try:
+        report = _run(
+            permissions.adopt(
+                settings, cluster_ids=cluster or None, all_clusters=all_clusters, dry_run=dry_run, admin_credential=None
+            )
+        )
+    except permissions.AdoptError as exc:
+        err.print(f"[red]adopt refused:[/red] {redact(str(exc))}")
+        raise typer.Exit(EXIT_INPUT) from None
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        out.print(_report_table("Adopt" + (" (dry run)" if dry_run else ""), report.headers, report.rows()))
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
 
 
 def main() -> None:

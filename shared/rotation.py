@@ -98,19 +98,20 @@ __all__ = [
 
 DISPLAY_NAME_PREFIX = "aks-rotator"
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount
+MAX_UNCERTAIN_APPLIES = 6  # resets without an answer before the rotation fails (without clean-up)
 INLINE_PROOF_SECONDS = 30.0  # prove within one invocation only if the whole spaced series fits in this
 BUSY_DELAY_CAP_SECONDS = 15
 _ROTATION_ID = re.compile(r"\b([0-9a-f]{32})\b")
 _BUSY_STATES = frozenset(
     {"updating", "upgrading", "scaling", "creating", "deleting", "starting", "stopping", "canceling"}
 )
-_PHASES = ("start", "create", "store", "prove", "apply", "verify", "finish", "retire", "cleanup", "done", "skipped")
 _MESSAGE_STEP: dict[str, Step] = {
     "start": "create",
     "create": "create",
     "store": "store",
     "prove": "prove",
     "apply": "apply",
+    "applying": "apply",
     "verify": "verify",
     "finish": "finish",
     "retire": "retire",
@@ -330,7 +331,7 @@ def _prove_progress(step: str) -> tuple[int, float | None]:
     """(consecutive successes, proof start as a timestamp) from "prove:<count>:<start>" or "apply:<start>"."""
     parts = step.split(":")
     try:
-        if parts[0] == "apply":
+        if parts[0] in ("apply", "applying"):
             return 0, float(parts[1]) if len(parts) > 1 else None
         count = int(parts[1]) if len(parts) > 1 else 0
         started = float(parts[2]) if len(parts) > 2 else None
@@ -728,39 +729,69 @@ async def _step_apply(run: _Run) -> _Result:
     gate = await _window_gate(run, cluster)
     if gate is not None:
         return gate
+    secret = ""
+    if not certificates:
+        assert row.vault_version is not None
+        secret = await deps.vault.value(run.secret_name, row.vault_version)
+    _, started = _prove_progress(row.step)
+    started = started if started is not None else run.now().timestamp()
+    tries = int(row.step.split(":")[2]) + 1 if _phase(row.step) == "applying" and row.step.count(":") >= 2 else 1
+    if tries > MAX_UNCERTAIN_APPLIES:
+        raise _Failure(
+            f"apply: AKS did not answer {MAX_UNCERTAIN_APPLIES} resets; the cluster may hold the new secret: check "
+            "it (nothing was removed)",
+            cleanup=False,
+        )
+    # From here on the cluster may receive the new secret: "applying" tells the poison handler not to clean up.
+    await run.save(step=f"applying:{started:.0f}:{tries}")
     await run.lease.ensure_held()
     try:
         if certificates:
             await run.audit("apply", "warning", CERT_DOWNTIME_WARNING)
             url = await deps.aks.begin_rotate_certificates(row.cluster_id)
         else:
-            assert row.vault_version is not None
-            secret = await deps.vault.value(run.secret_name, row.vault_version)
             url = await deps.aks.begin_reset_service_principal(row.cluster_id, row.app_id or "", secret)
     except AuthorizationFailed as exc:
         raise _Failure(f"missing ARM permission '{exc.action}'", cleanup=not certificates) from None
     except CredentialsRejected:
         # AKS could not sign in with the new secret yet: the cluster kept the old one. Prove again.
-        _, started = _prove_progress(row.step)
-        await run.save(step=f"prove:0:{(started or run.now().timestamp()):.0f}")
+        await run.save(step=f"prove:0:{started:.0f}")
         await run.audit("apply", "rejected", "AKS refused the new secret (not yet replicated); proving again")
         delay = run.settings.requeue_delay_seconds
         await run.requeue(delay, state="running", detail="AKS refused the new secret")
         return _Wait(delay, "AKS refused the new secret")
     except ClusterBusy:
+        # Not executed (409). A reset of ours may be the one running: the next look sees the cluster busy.
         delay = run.settings.lro_poll_seconds
+        await run.save(step=f"apply:{started:.0f}")
         await run.requeue(delay, state="running", detail="another operation is in progress on the cluster")
         return _Wait(delay, "cluster busy")
     except AksError as exc:
-        if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429):
+        if exc.status == 429:  # throttled: certainly not executed
+            delay = run.settings.requeue_delay_seconds
+            await run.save(step=f"apply:{started:.0f}")
+            await run.requeue(delay, state="running", detail="ARM throttled the reset")
+            return _Wait(delay, "throttled")
+        if exc.status is not None and 400 <= exc.status < 500 and exc.status != 408:
             raise _Failure(f"apply refused: {exc}", cleanup=not certificates) from None
-        raise  # 5xx / connection trouble: the outcome is unknown, let the redelivery decide (never clean up)
+        return await _apply_uncertain(run, f"{type(exc).__name__} {exc.status}")
+    except AzureError as exc:
+        return await _apply_uncertain(run, type(exc).__name__)
     await run.save(step="verify", operation_url=url)
     what = "rotateClusterCertificates" if certificates else "resetServicePrincipalProfile"
     await run.audit("apply", "started", f"{what} accepted; polling its operation")
     delay = run.settings.lro_poll_seconds
     await run.requeue(delay, state="running", detail="waiting for the AKS operation")
     return _Wait(delay, "waiting for the AKS operation")
+
+
+async def _apply_uncertain(run: _Run, what: str) -> _Result:
+    """The reset may or may not have reached AKS (5xx, connection lost). Never clean up; look again later: a
+    running reset shows as a busy cluster, a lost one is sent again (the same secret: idempotent)."""
+    await run.audit("apply", "uncertain", f"no answer from AKS ({what}); will look again")
+    delay = run.settings.lro_poll_seconds
+    await run.requeue(delay, state="running", detail="reset outcome unknown")
+    return _Wait(delay, "reset outcome unknown")
 
 
 async def _step_verify(run: _Run) -> _Result:
@@ -948,7 +979,7 @@ async def _fail(run: _Run, failure: _Failure) -> _Result:
     return _Done("failed")
 
 
-_CLEANUP_SAFE = frozenset({"start", "create", "store", "prove", "apply", "verify", "cleanup"})
+_CLEANUP_SAFE = frozenset({"start", "create", "store", "prove", "apply", "applying", "verify", "cleanup"})
 
 _STEPS: dict[str, Callable[[_Run], Awaitable[_Result]]] = {
     "start": _step_create,
@@ -956,6 +987,7 @@ _STEPS: dict[str, Callable[[_Run], Awaitable[_Result]]] = {
     "store": _step_create,  # a row left at "store" has no secret recorded: create reconciles
     "prove": _step_prove,
     "apply": _step_apply,
+    "applying": _step_apply,
     "verify": _step_verify,
     "finish": _step_finish,
     "retire": _step_retire,
@@ -1094,7 +1126,7 @@ async def handle_poison(settings: Settings, body: str, *, deps: Deps | None = No
             await d.store.audit(message.rotation_id, "poison", "ignored", "a poisoned copy of a finished rotation")
             return
         await d.store.audit(message.rotation_id, "poison", "poisoned", reason)
-        safe = phase in ("start", "create", "store", "prove", "cleanup")
+        safe = phase in ("start", "create", "store", "prove", "apply", "cleanup")  # not "applying" and later
         try:
             async with d.locks.hold(message.cluster_id) as lease:
                 run = _Run(d, message, row, lease)

@@ -7,6 +7,7 @@ Vault version. Helpers here are shared with tests/test_rotation_faults.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 from collections.abc import Iterator
@@ -87,7 +88,7 @@ def due_message(state: dict[str, Any], name: str, reason: str = "due") -> Rotati
     )
 
 
-def open_deps(settings: Settings) -> Any:
+def open_deps(settings: Settings) -> contextlib.AbstractAsyncContextManager[Deps]:
     """Clients that fail fast (no SDK retries): the queue redelivery is the retry under test."""
     return Deps.open(settings, sdk_kwargs={"retry_total": 0}, graph_attempts=2)
 
@@ -215,7 +216,10 @@ def test_happy_path_application_and_service_principal(rot: Settings, emulator: E
         assert cluster_before["heldKeyId"] not in keys  # the old secret was retired
         assert keys == {record.new_key_id}
     # Where the new password went: the same object that held the old one.
-    assert app_of(after, payments["clientId"])["passwordCredentials"][0]["keyId"] == records[messages[0].rotation_id].new_key_id
+    assert (
+        app_of(after, payments["clientId"])["passwordCredentials"][0]["keyId"]
+        == records[messages[0].rotation_id].new_key_id
+    )
     assert (
         app_of(after, checkout["clientId"])["servicePrincipal"]["passwordCredentials"][0]["keyId"]
         == records[messages[1].rotation_id].new_key_id
@@ -284,7 +288,9 @@ def test_outside_window_waits_unless_urgent(
     check_invariants(after, records)
 
 
-def test_certificate_rotation_opted_in(emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames) -> None:
+def test_certificate_rotation_opted_in(
+    emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
+) -> None:
     doc = demo_estate()
     legacy = next(c for c in doc["clusters"] if c["name"] == "aks-legacy")
     legacy["tags"] = {"aks-rotator-rotate-certs": "true"}

@@ -12,10 +12,13 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from emulator import estate as estates
 from emulator.azurite import Azurite
@@ -97,7 +100,13 @@ BOUNDARY_FAULTS = {
     "proof_token": {"kind": "status", "surface": "entra", "operation": "token", "status": 503, "times": 4},
     "read_secret": {"kind": "status", "surface": "keyvault", "operation": "getSecret", "status": 500, "times": 1},
     "arm_get": {"kind": "status", "surface": "arm", "operation": "get", "status": 503, "times": 2},
-    "reset_5xx": {"kind": "status", "surface": "arm", "operation": "resetServicePrincipalProfile", "status": 500, "times": 1},
+    "reset_5xx": {
+        "kind": "status",
+        "surface": "arm",
+        "operation": "resetServicePrincipalProfile",
+        "status": 500,
+        "times": 1,
+    },
     "reset_dropped": {"kind": "drop", "surface": "arm", "operation": "resetServicePrincipalProfile", "times": 1},
     "operation_poll": {"kind": "status", "surface": "arm", "operation": "operationStatus", "status": 503, "times": 2},
     "finish_tags": {"kind": "status", "surface": "keyvault", "operation": "updateSecret", "status": 503, "times": 2},
@@ -112,7 +121,7 @@ BOUNDARY_FAULTS = {
 
 @pytest.mark.parametrize("fault", sorted(BOUNDARY_FAULTS))
 def test_crash_at_every_step_boundary_resumes(emulator: EmulatorControl, azurite: Azurite, fault: str) -> None:
-    settings, before, after, messages = scenario(emulator, azurite, [BOUNDARY_FAULTS[fault]])
+    settings, _before, after, messages = scenario(emulator, azurite, [BOUNDARY_FAULTS[fault]])
     records = asyncio.run(rows(settings))
     assert {records[m.rotation_id].state for m in messages} == {"succeeded"}, [
         (r.step, r.failure_reason) for r in records.values()
@@ -128,7 +137,7 @@ def test_lost_secret_is_removed_and_created_again(emulator: EmulatorControl, azu
         {"kind": "status", "surface": "keyvault", "operation": "setSecret", "status": 503, "times": 1},
         {"kind": "status", "surface": "graph", "operation": "remove*Password", "status": 503, "times": 2},
     ]
-    settings, before, after, messages = scenario(emulator, azurite, faults, names=("aks-payments",))
+    settings, _before, after, messages = scenario(emulator, azurite, faults, names=("aks-payments",))
     records = asyncio.run(rows(settings))
     assert records[messages[0].rotation_id].state == "succeeded"
     check_invariants(after, records)
@@ -265,7 +274,7 @@ def _without_vault_role() -> dict[str, Any]:
     return doc
 
 
-PRIVILEGES = {
+PRIVILEGES: dict[str, tuple[Callable[[], dict[str, Any]], str]] = {
     "managedClusters/read": (
         lambda: _without_arm_action("Microsoft.ContainerService/managedClusters/read"),
         "Microsoft.ContainerService/managedClusters/read",
@@ -311,29 +320,23 @@ def test_missing_reset_action_fails_at_apply_and_leaves_nothing(emulator: Emulat
 def test_persistent_failure_goes_to_poison_and_cleans_up(
     emulator: EmulatorControl, azurite: Azurite, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fault = {"kind": "status", "surface": "entra", "operation": "token", "status": 503, "match": "/oauth2"}
-    # Only the proof's token requests fail (the product's own tokens are cached by then), forever.
-    emulator.reset(demo_estate())
-    settings = make_settings(emulator, azurite, _names(), PROOF_TIMEOUT_SECONDS="3600")
-    message = due_message(emulator.state(), "aks-payments")
-    asyncio.run(submit_all(settings, [message]))
-
-    async def go() -> None:
-        async with open_deps(settings) as deps:
-            await deps.product_sp_object_id()
-            await deps.aks.get_cluster(message.cluster_id)
-            await deps.vault.versions("warm-up")
-            await rotation.drain(settings, deps=deps, max_messages=1)  # create + store, then the proof begins
-            emulator.add_faults(fault)
-            for _ in range(10):
-                await rotation.drain(settings, deps=deps, max_messages=1, retry_delay_seconds=0)
-
+    # Key Vault refuses every store: each delivery raises, the fifth goes to the poison queue, and the poison
+    # handler fails the rotation (safe before apply: the cluster never saw the new secret).
+    fault = {"kind": "status", "surface": "keyvault", "operation": "setSecret", "status": 503}
     with caplog.at_level(logging.INFO):
-        asyncio.run(go())
-    emulator.clear_faults()
-    record = asyncio.run(rows(settings))[message.rotation_id]
-    assert record.state in ("failed", "running")
-    check_invariants(emulator.state(), {message.rotation_id: record})
+        settings, before, after, messages = scenario(emulator, azurite, [fault], names=("aks-payments",))
+    record = asyncio.run(rows(settings))[messages[0].rotation_id]
+    assert record.state == "failed" and "poison" in (record.failure_reason or "")
+    assert product_passwords(after) == []
+    assert after["applications"] == before["applications"]
+    assert any(getattr(r, "event", None) == "rotation.poison" and getattr(r, "alert", False) for r in caplog.records)
+
+    async def poisoned() -> int:
+        async with RotationQueues(settings) as queues:
+            return len(await queues.peek_poison())
+
+    assert asyncio.run(poisoned()) == 1
+    check_invariants(after, {record.rotation_id: record})
 
 
 def test_invalid_message_is_rejected_to_poison(emulator: EmulatorControl, azurite: Azurite) -> None:
@@ -374,21 +377,31 @@ def test_canary_no_secret_in_logs_messages_or_audit(
                 sent.append(body)
                 return await original(body, delay_seconds)
 
-            deps.queues.send = recording  # type: ignore[method-assign]
+            deps.queues.send = recording  # type: ignore[method-assign,assignment]
             await run_until_idle(settings, deps)
         async with RotationStore(settings) as store:
             trail = await store.audit_log()
             rows_ = await store.list()
         views = await rotation.status(settings)
-        return [json.dumps(a.__dict__, default=str) for a in trail] + [r.model_dump_json() for r in rows_] + [
-            repr(v) for v in views
-        ]
+        return (
+            [json.dumps(a.__dict__, default=str) for a in trail]
+            + [r.model_dump_json() for r in rows_]
+            + [repr(v) for v in views]
+        )
 
     with caplog.at_level(logging.DEBUG):
         stored = asyncio.run(go())
     out, err = capsys.readouterr()
     haystack = "\n".join(
-        [caplog.text, out, err, *sent, *stored, *(r.getMessage() for r in caplog.records), *(str(r.__dict__) for r in caplog.records)]
+        [
+            caplog.text,
+            out,
+            err,
+            *sent,
+            *stored,
+            *(r.getMessage() for r in caplog.records),
+            *(str(r.__dict__) for r in caplog.records),
+        ]
     )
     canaries = emulator.canaries()
     assert len(canaries) > 5
@@ -407,21 +420,41 @@ FAULT_SPECS = st.one_of(
             "times": times,
         },
         st.sampled_from(["graph", "keyvault", "arm", "entra"]),
-        st.sampled_from(["*", "add*Password", "remove*Password", "setSecret", "updateSecret", "get", "token",
-                         "resetServicePrincipalProfile", "operationStatus", "getSecret", "batch"]),
+        st.sampled_from(
+            [
+                "*",
+                "add*Password",
+                "remove*Password",
+                "setSecret",
+                "updateSecret",
+                "get",
+                "token",
+                "resetServicePrincipalProfile",
+                "operationStatus",
+                "getSecret",
+                "batch",
+            ]
+        ),
         st.sampled_from([429, 500, 503]),
         st.integers(1, 3),
     ),
     st.builds(
-        lambda times: {"kind": "lro_fail", "surface": "arm", "operation": "resetServicePrincipalProfile", "times": times},
+        lambda times: {
+            "kind": "lro_fail",
+            "surface": "arm",
+            "operation": "resetServicePrincipalProfile",
+            "times": times,
+        },
         st.integers(1, 2),
     ),
     st.builds(
         lambda seconds: {"kind": "replication_delay", "surface": "entra", "seconds": seconds, "probability": 0.5},
         st.sampled_from([0, 5, 30]),
     ),
-    st.builds(lambda op: {"kind": "drop", "surface": "*", "operation": op, "times": 1},
-              st.sampled_from(["add*Password", "setSecret", "resetServicePrincipalProfile", "remove*Password"])),
+    st.builds(
+        lambda op: {"kind": "drop", "surface": "*", "operation": op, "times": 1},
+        st.sampled_from(["add*Password", "setSecret", "resetServicePrincipalProfile", "remove*Password"]),
+    ),
 )
 
 
@@ -487,18 +520,19 @@ def test_scale_four_drains_many_due_clusters(emulator: EmulatorControl, azurite:
     settings = make_settings(emulator, azurite, _names(), PROOF_SUCCESSES="2")
     state = emulator.state()
     names = [
-        c["id"].rsplit("/", 1)[-1]
-        for c in state["clusters"]
-        if c["clientId"] != "msi" and c["heldKeyId"] is not None
+        c["id"].rsplit("/", 1)[-1] for c in state["clusters"] if c["clientId"] != "msi" and c["heldKeyId"] is not None
     ]
     messages = [due_message(state, name, reason="urgent") for name in names]
     assert len(messages) >= 200
 
     async def go() -> None:
         await submit_all(settings, messages)
-        async with open_deps(settings) as a, open_deps(settings) as b, open_deps(settings) as c, open_deps(
-            settings
-        ) as d:
+        async with (
+            open_deps(settings) as a,
+            open_deps(settings) as b,
+            open_deps(settings) as c,
+            open_deps(settings) as d,
+        ):
             await asyncio.gather(*(run_until_idle(settings, deps) for deps in (a, b, c, d)))
             await run_until_idle(settings, a)
 
@@ -511,5 +545,8 @@ def test_scale_four_drains_many_due_clusters(emulator: EmulatorControl, azurite:
     check_invariants(after, records)
     # All rotated once: one product password per rotated cluster (shared apps hold one per cluster).
     assert len(product_passwords(after)) == len(messages)
-    assert all(cluster_by_name(after, n)["heldKeyId"] == records[m.rotation_id].new_key_id for n, m in zip(names, messages, strict=True))
+    assert all(
+        cluster_by_name(after, n)["heldKeyId"] == records[m.rotation_id].new_key_id
+        for n, m in zip(names, messages, strict=True)
+    )
     assert app_of(after, state["clusters"][0]["clientId"]) if state["clusters"][0]["clientId"] != "msi" else True

@@ -1,0 +1,838 @@
+"""Discovery (timer trigger, `aks-rotator scan`): inventory every AKS cluster, decide which credentials are due,
+queue one rotation per due credential.
+
+Order of work, so that a missing right never leaves a half-queued run: everything is *collected* first
+(clusters, application passwords, Key Vault records, CA expiries), every finding is *decided*, and only then is
+anything *queued* (through `shared.rotation.submit`, the one dedup + enqueue + record path). An authorization
+failure while collecting raises `DiscoveryError` naming the missing right; nothing is queued.
+
+Cost at scale (see docs/discovery.md and `bench/scan.py`): one paged Resource Graph query (1,000 clusters per
+request); every distinct application looked up once through `GraphOps.lookup_apps` (15 appIds per `$filter`,
+20 filters per `$batch`); one paged Key Vault listing of secret names, plus one version listing only for
+clusters whose latest version is not the current one; CA expiry only for clusters where it can matter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+
+from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound
+from shared.azure import GRAPH_AUDIENCE, product_credential, secret_client
+from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder, PasswordInfo
+from shared.logs import EVENT_CREDENTIAL_OVERDUE, alert, log_event
+from shared.messages import CredentialKind, InvalidInput, Reason, new_correlation_id, new_rotation_message
+from shared.resource_graph import ResourceGraphError, ResourceGraphRefused, query_clusters
+from shared.settings import Settings
+from shared.vault import MANAGED_BY, MANAGED_BY_TAG, STATE_TAG, VaultError, VaultForbidden, VaultStore, secret_name_for
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ADVICE_CERT_OPT_IN",
+    "ADVICE_KUBELET",
+    "ADVICE_LEGACY_AAD",
+    "ADVICE_MIGRATE",
+    "Action",
+    "DiscoveryError",
+    "Finding",
+    "Kind",
+    "ScanReport",
+    "run_scheduled",
+    "scan",
+]
+
+Kind = Literal["sp_secret", "cluster_certificate", "aad_server_secret", "managed_identity"]
+Action = Literal["queued", "already_queued", "deferred", "would_queue", "ok", "report_only", "opted_out", "none"]
+Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
+
+ADVICE_MIGRATE = "migrate to managed identity"
+ADVICE_KUBELET = "kubelet still uses the SP: keep it valid until node pools are upgraded"
+ADVICE_LEGACY_AAD = "legacy AAD: migrate to AKS-managed Entra integration"
+ADVICE_CERT_OPT_IN = (
+    "rotate-certs recreates every node (up to 30 minutes of downtime): set the cluster tag {tag}=true "
+    "(or ROTATE_CERTIFICATES) to let the rotator do it"
+)
+ADVICE_NOT_VISIBLE = "application not found in Microsoft Graph (deleted, or in another tenant): cannot check it"
+ADVICE_NO_PASSWORD = "the application has no password: the cluster cannot authenticate with it"  # noqa: S105 (advice text, not a secret)
+
+_FALSY = ("false", "no", "0", "off")
+_QUEUE_ACTIONS = frozenset({"queued", "already_queued", "deferred", "would_queue"})
+_KV_PREFIX = "aks-sp-"
+_FAR = datetime.max.replace(tzinfo=UTC)
+
+
+class DiscoveryError(Exception):
+    """Discovery could not build a trustworthy inventory (e.g. the identity lacks a right); nothing was queued."""
+
+
+# -- results ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Finding:
+    """One credential of one cluster (or, for `managed_identity`, the fact that there is none) and what was done."""
+
+    cluster_id: str
+    cluster_name: str
+    subscription_id: str
+    kind: Kind
+    app_id: str | None
+    holder: Holder | None
+    key_id: str | None
+    expires_on: datetime | None
+    days_left: float | None
+    action: Action
+    advice: str | None = None
+    due: bool = False  # within its window (THRESHOLD_DAYS for secrets, CERT_WINDOW_DAYS for certificates)
+    reason: Reason | None = None  # due | urgent | expired, when due
+    basis: str | None = None  # how the credential in use was decided: "keyvault" | "earliest" | "ca"
+    rotation_id: str | None = None  # set when queued, already queued, deferred or would queue
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["expires_on"] = self.expires_on.isoformat() if self.expires_on else None
+        data["days_left"] = round(self.days_left, 3) if self.days_left is not None else None
+        return data
+
+
+@dataclass
+class ScanReport:
+    findings: list[Finding]
+    clusters: int
+    subscriptions: int
+    used_fallback: bool
+    errors: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    correlation_id: str = ""
+    started_at: datetime | None = None
+    seconds: float = 0.0
+    # Logical calls the scan made, per kind (HTTP requests are fewer: lookups are batched).
+    requests: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def due(self) -> list[Finding]:
+        """Credentials within their window, whatever the action (queued, deferred, opted out, report only)."""
+        return [f for f in self.findings if f.due]
+
+    def by_action(self) -> dict[str, int]:
+        return dict(Counter(f.action for f in self.findings))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clusters": self.clusters,
+            "subscriptions": self.subscriptions,
+            "used_fallback": self.used_fallback,
+            "dry_run": self.dry_run,
+            "correlation_id": self.correlation_id,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "seconds": round(self.seconds, 3),
+            "due": len(self.due()),
+            "actions": self.by_action(),
+            "requests": dict(self.requests),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "errors": list(self.errors),
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _tag_set(tags: dict[str, str], name: str) -> bool:
+    """A tag counts as set when present (case-insensitive name) and not false-ish."""
+    value = {k.lower(): v for k, v in tags.items()}.get(name.lower())
+    return value is not None and value.strip().lower() not in _FALSY
+
+
+def opted_out(settings: Settings, cluster: ClusterInfo) -> bool:
+    return _tag_set(cluster.tags, settings.opt_out_tag)
+
+
+def certificates_opted_in(settings: Settings, cluster: ClusterInfo) -> bool:
+    """The same rule the rotation engine applies before rotating certificates."""
+    return settings.rotate_certificates or _tag_set(cluster.tags, settings.cert_opt_in_tag)
+
+
+def _days(end: datetime | None, now: datetime) -> float | None:
+    return None if end is None else (end - now).total_seconds() / 86400
+
+
+def _reason(days_left: float, settings: Settings) -> Reason:
+    if days_left <= 0:
+        return "expired"
+    if days_left <= settings.urgent_days:
+        return "urgent"
+    return "due"
+
+
+def _passwords(creds: AppCredentials) -> list[tuple[Holder, PasswordInfo]]:
+    out: list[tuple[Holder, PasswordInfo]] = []
+    if creds.application_object_id:
+        out += [("application", p) for p in creds.application_passwords]
+    if creds.service_principal_object_id:
+        out += [("servicePrincipal", p) for p in creds.service_principal_passwords]
+    return out
+
+
+def credential_in_use(
+    creds: AppCredentials, vault_key_id: str | None, now: datetime
+) -> tuple[Holder, PasswordInfo, str] | None:
+    """The password that decides when the cluster's secret expires, and the basis of the choice.
+
+    Key Vault knows the keyId when this product rotated the cluster ("keyvault"). Otherwise ARM does not say which
+    password the cluster holds, so every active password of the application and its service principal counts and
+    the earliest expiry decides ("earliest"); when every password has expired, the earliest of them.
+    """
+    everything = _passwords(creds)
+    if not everything:
+        return None
+    if vault_key_id:
+        for holder, password in everything:
+            if password.key_id.lower() == vault_key_id.lower():
+                return holder, password, "keyvault"
+    active = [(h, p) for h, p in everything if p.end is None or p.end > now] or everything
+    holder, password = min(active, key=lambda item: (item[1].end or _FAR, item[1].key_id))
+    return holder, password, "earliest"
+
+
+async def _bounded(limit: int, items: Sequence[T], call: Callable[[T], Awaitable[Any]]) -> list[Any]:
+    """Run `call` on every item with at most `limit` in flight; results (or exceptions) in item order."""
+    semaphore = asyncio.Semaphore(max(1, limit))
+
+    async def one(item: T) -> Any:
+        async with semaphore:
+            return await call(item)
+
+    if not items:
+        return []
+    # The first call alone: it fetches the access token every later call reuses (concurrent first calls on
+    # fresh SDK clients would each fetch one).
+    first = await asyncio.gather(one(items[0]), return_exceptions=True)
+    rest = await asyncio.gather(*(one(i) for i in items[1:]), return_exceptions=True)
+    return [*first, *rest]
+
+
+class _Run:
+    """Per-scan context: settings, clock, counters, progress."""
+
+    def __init__(self, settings: Settings, now: datetime, progress: Progress | None) -> None:
+        self.settings = settings
+        self.now = now
+        self.progress = progress
+        self.errors: list[str] = []
+        self.requests: Counter[str] = Counter()
+        self.stages: dict[str, float] = {}
+
+    def tick(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            with contextlib.suppress(Exception):  # a broken progress bar must not break the scan
+                self.progress(stage, done, total)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Any:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - started
+
+
+# -- collect: clusters -----------------------------------------------------------------------------------------
+async def _inventory(
+    run: _Run, credential: AsyncTokenCredential, aks: AksClient, sdk_kwargs: dict[str, Any]
+) -> tuple[list[ClusterInfo], int, bool]:
+    """(clusters, subscriptions scanned, used the ARM fallback)."""
+    settings = run.settings
+    allow = list(settings.subscription_allowlist) or None
+    run.tick("clusters", 0, 1)
+    try:
+        run.requests["resourcegraph.query"] += 1
+        clusters = await query_clusters(settings, credential, allow, **sdk_kwargs)
+    except (ResourceGraphRefused, ResourceGraphError) as exc:
+        log_event(
+            log,
+            logging.WARNING,
+            "discovery.fallback",
+            "Resource Graph is not usable; listing clusters per subscription through ARM",
+            reason=str(exc),
+        )
+        run.errors.append(f"Resource Graph not used ({exc}); clusters were listed per subscription through ARM")
+        clusters, subscriptions = await _arm_inventory(run, aks, allow)
+        return _unique(clusters), subscriptions, True
+    clusters = _unique(clusters)
+    run.tick("clusters", 1, 1)
+    subscriptions = len(allow) if allow else len({c.subscription_id.lower() for c in clusters})
+    return clusters, subscriptions, False
+
+
+async def _arm_inventory(run: _Run, aks: AksClient, allow: list[str] | None) -> tuple[list[ClusterInfo], int]:
+    if allow is None:
+        try:
+            run.requests["arm.listSubscriptions"] += 1
+            subscriptions = await aks.list_subscriptions()
+        except AuthorizationFailed as exc:
+            raise DiscoveryError(f"the identity may not list subscriptions: it lacks '{exc.action}'") from None
+        except AksError as exc:
+            raise DiscoveryError(f"listing subscriptions failed: {exc}") from None
+    else:
+        subscriptions = allow
+    done = 0
+
+    async def one(subscription: str) -> list[ClusterInfo]:
+        nonlocal done
+        run.requests["arm.listClusters"] += 1
+        try:
+            return await aks.list_clusters(subscription)
+        finally:
+            done += 1
+            run.tick("clusters", done, len(subscriptions))
+
+    results = await _bounded(run.settings.discovery_concurrency, subscriptions, one)
+    clusters: list[ClusterInfo] = []
+    for subscription, result in zip(subscriptions, results, strict=True):
+        if isinstance(result, AuthorizationFailed):
+            raise DiscoveryError(
+                f"the identity may not list clusters in subscription {subscription}: it lacks '{result.action}' "
+                f"on '{result.scope}' (grant the rotator's custom role there, or remove the subscription from "
+                "SUBSCRIPTION_ALLOWLIST)"
+            )
+        if isinstance(result, BaseException):
+            if not isinstance(result, AksError | AzureError):
+                raise result
+            run.errors.append(f"listing clusters in subscription {subscription} failed: {result}")
+            continue
+        clusters += result
+    return clusters, len(subscriptions)
+
+
+def _unique(clusters: Iterable[ClusterInfo]) -> list[ClusterInfo]:
+    seen: dict[str, ClusterInfo] = {}
+    for cluster in clusters:
+        seen.setdefault(cluster.id.lower(), cluster)
+    return sorted(seen.values(), key=lambda c: c.id.lower())
+
+
+# -- collect: applications -------------------------------------------------------------------------------------
+async def _warm_graph_token(credential: AsyncTokenCredential) -> None:
+    """Fetch the Graph token once before the concurrent `$batch` requests: each of them would otherwise miss the
+    empty token cache and fetch its own. (The arguments are the ones kiota's provider passes.)"""
+    with contextlib.suppress(Exception):  # the lookup itself reports any authentication problem
+        await credential.get_token(GRAPH_AUDIENCE + "/.default", enable_cae=True)
+
+
+async def _applications(
+    run: _Run, graph: GraphOps, credential: AsyncTokenCredential, app_ids: list[str]
+) -> dict[str, AppCredentials]:
+    if not app_ids:
+        return {}
+    run.tick("applications", 0, len(app_ids))
+    run.requests["graph.lookup_ids"] += len(app_ids)
+    await _warm_graph_token(credential)
+    try:
+        found = await graph.lookup_apps(app_ids)
+    except GraphAuthorizationError as exc:
+        raise DiscoveryError(
+            f"Microsoft Graph refused reading applications ({exc}): the identity needs the application permission "
+            "Application.ReadWrite.OwnedBy (or Application.Read.All)"
+        ) from None
+    except GraphError as exc:
+        raise DiscoveryError(f"Microsoft Graph lookup of {len(app_ids)} applications failed: {exc}") from None
+    run.tick("applications", len(app_ids), len(app_ids))
+    return found
+
+
+# -- collect: Key Vault ----------------------------------------------------------------------------------------
+_KV_FORBIDDEN = (
+    "Key Vault refused reading secret metadata ({detail}): the identity needs the role Key Vault Secrets Officer "
+    "on the rotator's vault"
+)
+
+
+async def _vault_names(
+    run: _Run, credential: AsyncTokenCredential, sdk_kwargs: dict[str, Any]
+) -> dict[str, dict[str, str]]:
+    """Every product secret in the vault with the tags of its latest version (one paged listing)."""
+    names: dict[str, dict[str, str]] = {}
+    async with secret_client(run.settings, credential, **sdk_kwargs) as client:
+        try:
+            run.requests["keyvault.listSecrets"] += 1
+            async for props in client.list_properties_of_secrets():
+                if props.name and props.name.startswith(_KV_PREFIX):
+                    names[props.name] = dict(props.tags or {})
+        except HttpResponseError as exc:
+            if exc.status_code == 403:
+                raise DiscoveryError(_KV_FORBIDDEN.format(detail=f"HTTP 403 {_code(exc)}")) from None
+            raise
+    return names
+
+
+def _code(exc: HttpResponseError) -> str:
+    return (exc.error.code if exc.error is not None else None) or ""
+
+
+def _ours(tags: dict[str, str], app_id: str) -> bool:
+    return tags.get(MANAGED_BY_TAG) == MANAGED_BY and tags.get("app-id", "").lower() == app_id.lower()
+
+
+async def _vault_keys(
+    run: _Run, credential: AsyncTokenCredential, clusters: list[ClusterInfo], sdk_kwargs: dict[str, Any]
+) -> dict[str, str]:
+    """cluster id (lower) -> keyId of the version tagged state=current, for clusters this product rotated."""
+    wanted = {secret_name_for(c.id): c for c in clusters if c.sp_client_id}
+    if not wanted:
+        return {}
+    try:
+        listed = await _vault_names(run, credential, sdk_kwargs)
+    except DiscoveryError:
+        raise
+    except AzureError as exc:
+        run.errors.append(f"Key Vault listing failed ({type(exc).__name__}); using the earliest-expiry rule")
+        return {}
+    keys: dict[str, str] = {}
+    look: list[tuple[str, ClusterInfo]] = []
+    for name, tags in listed.items():
+        cluster = wanted.get(name)
+        if cluster is None or cluster.sp_client_id is None:
+            continue
+        if _ours(tags, cluster.sp_client_id) and tags.get(STATE_TAG) == "current" and tags.get("key-id"):
+            keys[cluster.id.lower()] = tags["key-id"].lower()
+        else:
+            look.append((name, cluster))  # the latest version is pending/previous/abandoned: find the current one
+    if not look:
+        return keys
+    done = 0
+    async with VaultStore(run.settings, credential, **sdk_kwargs) as vault:
+
+        async def one(item: tuple[str, ClusterInfo]) -> tuple[str, str] | None:
+            nonlocal done
+            name, cluster = item
+            run.requests["keyvault.listVersions"] += 1
+            try:
+                versions = await vault.versions(name)
+            finally:
+                done += 1
+                run.tick("key vault", done, len(look))
+            app_id = cluster.sp_client_id or ""
+            current = next(
+                (v for v in versions if v.tags.get(STATE_TAG) == "current" and _ours(v.tags, app_id)),
+                None,
+            )
+            if current is None or not current.tags.get("key-id"):
+                return None
+            return cluster.id.lower(), current.tags["key-id"].lower()
+
+        results = await _bounded(run.settings.discovery_concurrency, look, one)
+    for (name, _), result in zip(look, results, strict=True):
+        if isinstance(result, VaultForbidden):
+            raise DiscoveryError(_KV_FORBIDDEN.format(detail=str(result)))
+        if isinstance(result, BaseException):
+            if not isinstance(result, VaultError | AzureError):
+                raise result
+            run.errors.append(f"Key Vault versions of {name} unreadable ({result}); using the earliest-expiry rule")
+        elif result is not None:
+            keys[result[0]] = result[1]
+    return keys
+
+
+# -- collect: certificates -------------------------------------------------------------------------------------
+def reads_certificate(settings: Settings, cluster: ClusterInfo) -> bool:
+    """Whose CA expiry is read. listClusterUserCredential is one POST per cluster (ARM write quota), and clusters
+    created after May 2019 have a 30-year CA, so only where it can matter: clusters opted in to certificate
+    rotation, and clusters still on legacy AAD integration (a sure sign of an old cluster)."""
+    return certificates_opted_in(settings, cluster) or cluster.legacy_aad_server_app_id is not None
+
+
+async def _certificates(run: _Run, aks: AksClient, clusters: list[ClusterInfo]) -> dict[str, datetime]:
+    targets = [c for c in clusters if reads_certificate(run.settings, c)]
+    if not targets:
+        return {}
+    done = 0
+
+    async def one(cluster: ClusterInfo) -> datetime:
+        nonlocal done
+        run.requests["arm.listClusterUserCredential"] += 1
+        try:
+            return await aks.ca_expiry(cluster.id)
+        finally:
+            done += 1
+            run.tick("certificates", done, len(targets))
+
+    results = await _bounded(run.settings.discovery_concurrency, targets, one)
+    expiries: dict[str, datetime] = {}
+    for cluster, result in zip(targets, results, strict=True):
+        if isinstance(result, datetime):
+            expiries[cluster.id.lower()] = result
+            continue
+        if not isinstance(result, AksError | AzureError | ValueError):
+            raise result
+        if isinstance(result, AuthorizationFailed) and certificates_opted_in(run.settings, cluster):
+            raise DiscoveryError(
+                f"the identity may not read the kubeconfig of {cluster.id}: it lacks '{result.action}' "
+                "(needed to learn the CA expiry of clusters opted in to certificate rotation)"
+            )
+        if isinstance(result, ClusterNotFound):
+            continue  # deleted since the inventory
+        run.errors.append(f"CA expiry of {cluster.name} unreadable: {result}")
+    return expiries
+
+
+# -- decide ----------------------------------------------------------------------------------------------------
+def _base(cluster: ClusterInfo) -> dict[str, Any]:
+    return {"cluster_id": cluster.id, "cluster_name": cluster.name, "subscription_id": cluster.subscription_id}
+
+
+def _sp_advice(cluster: ClusterInfo) -> str:
+    return ADVICE_KUBELET if cluster.identity_type is not None and cluster.kubelet_on_sp else ADVICE_MIGRATE
+
+
+def _secret_finding(
+    run: _Run,
+    cluster: ClusterInfo,
+    kind: Kind,
+    app_id: str,
+    creds: AppCredentials | None,
+    vault_key: str | None,
+    advice: str,
+    rotatable: bool,
+) -> Finding:
+    settings = run.settings
+    common = {**_base(cluster), "kind": kind, "app_id": app_id}
+    if creds is None:
+        run.errors.append(f"{cluster.name}: application {app_id} not found in Microsoft Graph")
+        return Finding(
+            **common,
+            holder=None,
+            key_id=None,
+            expires_on=None,
+            days_left=None,
+            action="report_only",
+            advice=ADVICE_NOT_VISIBLE,
+        )
+    chosen = credential_in_use(creds, vault_key, run.now)
+    if chosen is None:
+        return Finding(
+            **common,
+            holder=None,
+            key_id=None,
+            expires_on=None,
+            days_left=None,
+            action="report_only",
+            advice=ADVICE_NO_PASSWORD,
+        )
+    holder, password, basis = chosen
+    days_left = _days(password.end, run.now)
+    due = days_left is not None and days_left <= settings.threshold_days
+    action: Action
+    if not rotatable:
+        action = "report_only"
+    elif opted_out(settings, cluster):
+        action = "opted_out"
+    elif due:
+        action = "deferred"  # a queue candidate: settled in _queue
+    else:
+        action = "ok"
+    return Finding(
+        **common,
+        holder=holder,
+        key_id=password.key_id,
+        expires_on=password.end,
+        days_left=days_left,
+        action=action,
+        advice=advice,
+        due=due,
+        reason=_reason(days_left, settings) if due and days_left is not None else None,
+        basis=basis,
+    )
+
+
+def _certificate_finding(run: _Run, cluster: ClusterInfo, expiry: datetime) -> Finding:
+    settings = run.settings
+    days_left = _days(expiry, run.now)
+    assert days_left is not None
+    due = days_left <= settings.cert_window_days
+    opted_in = certificates_opted_in(settings, cluster)
+    action: Action
+    if opted_out(settings, cluster):
+        action = "opted_out"
+    elif not due:
+        action = "ok"
+    elif opted_in:
+        action = "deferred"  # a queue candidate
+    else:
+        action = "report_only"
+    return Finding(
+        **_base(cluster),
+        kind="cluster_certificate",
+        app_id=None,
+        holder=None,
+        key_id=None,
+        expires_on=expiry,
+        days_left=days_left,
+        action=action,
+        advice=None if opted_in else ADVICE_CERT_OPT_IN.format(tag=settings.cert_opt_in_tag),
+        due=due,
+        reason=_reason(days_left, settings) if due else None,
+        basis="ca",
+    )
+
+
+def decide(
+    run: _Run,
+    clusters: list[ClusterInfo],
+    apps: dict[str, AppCredentials],
+    vault_keys: dict[str, str],
+    certificates: dict[str, datetime],
+) -> list[Finding]:
+    findings: list[Finding] = []
+    for cluster in clusters:
+        key = cluster.id.lower()
+        if cluster.sp_client_id is None:
+            findings.append(
+                Finding(
+                    **_base(cluster),
+                    kind="managed_identity",
+                    app_id=None,
+                    holder=None,
+                    key_id=None,
+                    expires_on=None,
+                    days_left=None,
+                    action="none",
+                )
+            )
+        else:
+            app_id = cluster.sp_client_id.lower()
+            findings.append(
+                _secret_finding(
+                    run, cluster, "sp_secret", app_id, apps.get(app_id), vault_keys.get(key), _sp_advice(cluster), True
+                )
+            )
+        if cluster.legacy_aad_server_app_id:
+            server = cluster.legacy_aad_server_app_id.lower()
+            findings.append(
+                _secret_finding(
+                    run, cluster, "aad_server_secret", server, apps.get(server), None, ADVICE_LEGACY_AAD, False
+                )
+            )
+        if key in certificates:
+            findings.append(_certificate_finding(run, cluster, certificates[key]))
+    return findings
+
+
+# -- queue -----------------------------------------------------------------------------------------------------
+def _urgency(finding: Finding) -> tuple[float, str, str]:
+    return (
+        finding.days_left if finding.days_left is not None else float("inf"),
+        finding.cluster_id.lower(),
+        finding.kind,
+    )
+
+
+def _message(finding: Finding, correlation_id: str) -> Any:
+    assert finding.expires_on is not None and finding.reason is not None
+    return new_rotation_message(
+        cluster_id=finding.cluster_id,
+        kind=CredentialKind(finding.kind),
+        reason=finding.reason,
+        app_id=finding.app_id if finding.kind == "sp_secret" else None,
+        observed_expiry=finding.expires_on,
+        correlation_id=correlation_id,
+    )
+
+
+async def _existing_rows(store: Any) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """(rotation id -> state, {(cluster key, kind)} of rotations still running), from one paged query."""
+    try:
+        rows = await store.list()
+    except ResourceNotFoundError:  # the table does not exist yet (dry run before the first real run)
+        return {}, set()
+    states = {row.rotation_id: row.state for row in rows}
+    active = {(row.cluster_id.lower(), row.kind) for row in rows if not row.terminal}
+    return states, active
+
+
+async def _queue(
+    run: _Run, findings: list[Finding], credential: AsyncTokenCredential, dry_run: bool, correlation_id: str
+) -> list[Finding]:
+    candidates = sorted(
+        (i for i, f in enumerate(findings) if f.action == "deferred"), key=lambda i: _urgency(findings[i])
+    )
+    if not candidates:
+        return findings
+    from shared import rotation  # late import: rotation imports a lot and is not needed for reporting
+    from shared.queues import RotationQueues
+    from shared.store import RotationStore
+
+    out = list(findings)
+    cap = run.settings.max_rotations_per_run
+    queued = 0
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(RotationStore(run.settings, credential))
+        queues = None
+        if not dry_run:
+            queues = await stack.enter_async_context(RotationQueues(run.settings, credential))
+            await store.ensure()
+            await queues.ensure()
+        states, active = await _existing_rows(store)
+        for position, index in enumerate(candidates, start=1):
+            finding = out[index]
+            try:
+                message = _message(finding, correlation_id)
+            except InvalidInput as exc:
+                run.errors.append(f"{finding.cluster_name}: cannot build a rotation message ({exc})")
+                out[index] = replace(finding, action="report_only", detail=str(exc))
+                continue
+            rid = message.rotation_id
+            if rid in states or (finding.cluster_id.lower(), finding.kind) in active:
+                state = states.get(rid)
+                detail = (
+                    f"rotation {rid} failed: see `aks-rotator status --rotation {rid}`"
+                    if state == "failed"
+                    else f"rotation {rid} is {state}"
+                    if state
+                    else "another rotation of this credential kind is in progress on the cluster"
+                )
+                out[index] = replace(finding, action="already_queued", rotation_id=rid, detail=detail)
+            elif queued >= cap:
+                out[index] = replace(
+                    finding,
+                    action="deferred",
+                    rotation_id=rid,
+                    detail=f"blast radius: at most {cap} rotations are queued per run",
+                )
+            elif dry_run:
+                queued += 1
+                out[index] = replace(finding, action="would_queue", rotation_id=rid)
+            else:
+                try:
+                    run.requests["rotation.submit"] += 1
+                    result = await rotation.submit(run.settings, message, store=store, queues=queues)
+                except (AzureError, OSError) as exc:
+                    run.errors.append(f"queueing {finding.cluster_name} failed: {type(exc).__name__}")
+                    out[index] = replace(finding, action="deferred", rotation_id=rid, detail="queueing failed")
+                    continue
+                if result.status == "queued":
+                    queued += 1
+                    out[index] = replace(finding, action="queued", rotation_id=rid, detail=result.detail)
+                else:
+                    out[index] = replace(
+                        finding, action="already_queued", rotation_id=result.rotation_id, detail=result.detail
+                    )
+            run.tick("queue", position, len(candidates))
+    return out
+
+
+# -- entry points ----------------------------------------------------------------------------------------------
+async def scan(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+    credential: AsyncTokenCredential | None = None,
+    sdk_kwargs: dict[str, Any] | None = None,
+    graph_attempts: int = 6,
+) -> ScanReport:
+    """Inventory, decide, queue (unless `dry_run`). Raises DiscoveryError (nothing queued) when the inventory
+    cannot be trusted, e.g. the identity lacks a right; other problems are listed in `ScanReport.errors`.
+
+    `sdk_kwargs` go to the ARM, Resource Graph and Key Vault SDK clients (tests pass `retry_backoff_factor`)."""
+    started = time.perf_counter()
+    run = _Run(settings, (now or datetime.now(UTC)).astimezone(UTC), progress)
+    correlation_id = new_correlation_id()
+    kwargs = dict(sdk_kwargs or {})
+    async with contextlib.AsyncExitStack() as stack:
+        if credential is None:
+            credential = product_credential(settings)
+            stack.push_async_callback(credential.close)
+        aks = await stack.enter_async_context(AksClient(settings, credential, **kwargs))
+        with run.stage("clusters"):
+            clusters, subscriptions, used_fallback = await _inventory(run, credential, aks, kwargs)
+        app_ids = sorted(
+            {c.sp_client_id.lower() for c in clusters if c.sp_client_id}
+            | {c.legacy_aad_server_app_id.lower() for c in clusters if c.legacy_aad_server_app_id}
+        )
+        graph = await stack.enter_async_context(GraphOps(settings, credential, max_attempts=graph_attempts))
+
+        async def timed(name: str, work: Awaitable[T]) -> T:
+            with run.stage(name):
+                return await work
+
+        # Independent reads, concurrently; any DiscoveryError cancels the others (nothing has been written yet).
+        async with asyncio.TaskGroup() as group:
+            apps_task = group.create_task(timed("applications", _applications(run, graph, credential, app_ids)))
+            vault_task = group.create_task(timed("key vault", _vault_keys(run, credential, clusters, kwargs)))
+            certs_task = group.create_task(timed("certificates", _certificates(run, aks, clusters)))
+        findings = decide(run, clusters, apps_task.result(), vault_task.result(), certs_task.result())
+        with run.stage("queue"):
+            findings = await _queue(run, findings, credential, dry_run, correlation_id)
+    report = ScanReport(
+        findings=findings,
+        clusters=len(clusters),
+        subscriptions=subscriptions,
+        used_fallback=used_fallback,
+        errors=run.errors,
+        dry_run=dry_run,
+        correlation_id=correlation_id,
+        started_at=run.now,
+        seconds=time.perf_counter() - started,
+        requests=dict(run.requests),
+        stage_seconds=run.stages,
+    )
+    _log_report(report)
+    return report
+
+
+def _log_report(report: ScanReport) -> None:
+    for finding in report.findings:
+        if finding.due and finding.reason == "expired":
+            alert(
+                log,
+                EVENT_CREDENTIAL_OVERDUE,
+                f"{finding.kind} of {finding.cluster_name} has expired",
+                cluster_id=finding.cluster_id,
+                kind=finding.kind,
+                app_id=finding.app_id,
+                expires=finding.expires_on.isoformat() if finding.expires_on else None,
+                action=finding.action,
+                correlation_id=report.correlation_id,
+            )
+    log_event(
+        log,
+        logging.INFO,
+        "discovery.completed",
+        f"scanned {report.clusters} clusters in {report.subscriptions} subscriptions: {len(report.due())} due",
+        clusters=report.clusters,
+        subscriptions=report.subscriptions,
+        due=len(report.due()),
+        actions=report.by_action(),
+        used_fallback=report.used_fallback,
+        errors=len(report.errors),
+        dry_run=report.dry_run,
+        seconds=round(report.seconds, 3),
+        correlation_id=report.correlation_id,
+    )
+
+
+async def run_scheduled(settings: Settings, *, past_due: bool = False) -> ScanReport:
+    """The timer trigger: a past-due run logs and proceeds; a failed scan is logged and re-raised (the host
+    records the failed invocation and the next schedule tries again)."""
+    if past_due:
+        log_event(log, logging.WARNING, "discovery.past_due", "the discovery timer is past due; scanning now")
+    try:
+        report = await scan(settings)
+    except DiscoveryError as exc:
+        log_event(log, logging.ERROR, "discovery.failed", f"discovery failed, nothing queued: {exc}", alert=True)
+        raise
+    failed = [e for e in report.errors if e.startswith("queueing ")]
+    if failed:
+        raise DiscoveryError(f"{len(failed)} rotations could not be queued: {failed[0]}")
+    return report
