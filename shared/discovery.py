@@ -71,6 +71,7 @@ _FALSY = ("false", "no", "0", "off")
 _QUEUE_ACTIONS = frozenset({"queued", "already_queued", "deferred", "would_queue"})
 _KV_PREFIX = "aks-sp-"
 _FAR = datetime.max.replace(tzinfo=UTC)
+RESOURCE_GRAPH_SHARDS = 4  # concurrent Resource Graph queries (the user quota is 15 per 5 seconds)
 
 
 class DiscoveryError(Exception):
@@ -250,28 +251,47 @@ class _Run:
 async def _inventory(
     run: _Run, credential: AsyncTokenCredential, aks: AksClient, sdk_kwargs: dict[str, Any]
 ) -> tuple[list[ClusterInfo], int, bool]:
-    """(clusters, subscriptions scanned, used the ARM fallback)."""
+    """(clusters, subscriptions scanned, used the ARM fallback).
+
+    Resource Graph pages are sequential (`$skipToken`), so the subscriptions are split into up to
+    `RESOURCE_GRAPH_SHARDS` groups queried concurrently; that needs the subscription list first (one ARM call
+    unless the allow-list gives it)."""
     settings = run.settings
     allow = list(settings.subscription_allowlist) or None
+    subscriptions = allow
     run.tick("clusters", 0, 1)
-    try:
-        run.requests["resourcegraph.query"] += 1
-        clusters = await query_clusters(settings, credential, allow, **sdk_kwargs)
-    except (ResourceGraphRefused, ResourceGraphError) as exc:
-        log_event(
-            log,
-            logging.WARNING,
-            "discovery.fallback",
-            "Resource Graph is not usable; listing clusters per subscription through ARM",
-            reason=str(exc),
-        )
-        run.errors.append(f"Resource Graph not used ({exc}); clusters were listed per subscription through ARM")
-        clusters, subscriptions = await _arm_inventory(run, aks, allow)
-        return _unique(clusters), subscriptions, True
-    clusters = _unique(clusters)
-    run.tick("clusters", 1, 1)
-    subscriptions = len(allow) if allow else len({c.subscription_id.lower() for c in clusters})
-    return clusters, subscriptions, False
+    if subscriptions is None:
+        try:
+            run.requests["arm.listSubscriptions"] += 1
+            subscriptions = await aks.list_subscriptions()
+        except (AksError, AzureError):
+            subscriptions = None  # one unscoped query: every subscription Resource Graph lets us see
+    shards: list[list[str] | None] = [None]
+    if subscriptions is not None:
+        count = max(1, min(RESOURCE_GRAPH_SHARDS, len(subscriptions)))
+        shards = [subscriptions[i::count] for i in range(count)]
+    run.requests["resourcegraph.query"] += len(shards)
+    results = await asyncio.gather(
+        *(query_clusters(settings, credential, shard, **sdk_kwargs) for shard in shards), return_exceptions=True
+    )
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is None:
+        clusters = _unique(c for result in results if isinstance(result, list) for c in result)
+        run.tick("clusters", 1, 1)
+        seen = len(subscriptions) if subscriptions is not None else len({c.subscription_id.lower() for c in clusters})
+        return clusters, seen, False
+    if not isinstance(failed, ResourceGraphRefused | ResourceGraphError):
+        raise failed
+    log_event(
+        log,
+        logging.WARNING,
+        "discovery.fallback",
+        "Resource Graph is not usable; listing clusters per subscription through ARM",
+        reason=str(failed),
+    )
+    run.errors.append(f"Resource Graph not used ({failed}); clusters were listed per subscription through ARM")
+    listed, count = await _arm_inventory(run, aks, subscriptions)
+    return _unique(listed), count, True
 
 
 async def _arm_inventory(run: _Run, aks: AksClient, allow: list[str] | None) -> tuple[list[ClusterInfo], int]:
@@ -636,6 +656,12 @@ def _urgency(finding: Finding) -> tuple[float, str, str]:
     )
 
 
+def _display_order(finding: Finding) -> tuple[bool, float, str, str]:
+    """Due credentials first, most urgent first; then the rest by cluster name."""
+    days = finding.days_left if finding.due and finding.days_left is not None else float("inf")
+    return (not finding.due, days, finding.cluster_name.lower(), finding.kind)
+
+
 def _message(finding: Finding, correlation_id: str) -> Any:
     assert finding.expires_on is not None and finding.reason is not None
     return new_rotation_message(
@@ -767,13 +793,17 @@ async def scan(
                 return await work
 
         # Independent reads, concurrently; any DiscoveryError cancels the others (nothing has been written yet).
-        async with asyncio.TaskGroup() as group:
-            apps_task = group.create_task(timed("applications", _applications(run, graph, credential, app_ids)))
-            vault_task = group.create_task(timed("key vault", _vault_keys(run, credential, clusters, kwargs)))
-            certs_task = group.create_task(timed("certificates", _certificates(run, aks, clusters)))
+        try:
+            async with asyncio.TaskGroup() as group:
+                apps_task = group.create_task(timed("applications", _applications(run, graph, credential, app_ids)))
+                vault_task = group.create_task(timed("key vault", _vault_keys(run, credential, clusters, kwargs)))
+                certs_task = group.create_task(timed("certificates", _certificates(run, aks, clusters)))
+        except BaseExceptionGroup as failed:
+            raise _first(failed) from None
         findings = decide(run, clusters, apps_task.result(), vault_task.result(), certs_task.result())
         with run.stage("queue"):
             findings = await _queue(run, findings, credential, dry_run, correlation_id)
+        findings.sort(key=_display_order)
     report = ScanReport(
         findings=findings,
         clusters=len(clusters),
@@ -789,6 +819,21 @@ async def scan(
     )
     _log_report(report)
     return report
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception to surface from a failed TaskGroup: a DiscoveryError if there is one, else the first."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, DiscoveryError)), leaves[0])
 
 
 def _log_report(report: ScanReport) -> None:

@@ -98,7 +98,7 @@ __all__ = [
 
 DISPLAY_NAME_PREFIX = "aks-rotator"
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount
-MAX_UNCERTAIN_APPLIES = 6  # resets without an answer before the rotation fails (without clean-up)
+MAX_UNCERTAIN_APPLIES = 12  # resets without an answer before the rotation fails (without clean-up)
 INLINE_PROOF_SECONDS = 30.0  # prove within one invocation only if the whole spaced series fits in this
 BUSY_DELAY_CAP_SECONDS = 15
 _ROTATION_ID = re.compile(r"\b([0-9a-f]{32})\b")
@@ -737,6 +737,8 @@ async def _step_apply(run: _Run) -> _Result:
     started = started if started is not None else run.now().timestamp()
     tries = int(row.step.split(":")[2]) + 1 if _phase(row.step) == "applying" and row.step.count(":") >= 2 else 1
     if tries > MAX_UNCERTAIN_APPLIES:
+        if row.vault_version is not None:
+            await deps.vault.set_tags(run.secret_name, row.vault_version, state="uncertain")
         raise _Failure(
             f"apply: AKS did not answer {MAX_UNCERTAIN_APPLIES} resets; the cluster may hold the new secret: check "
             "it (nothing was removed)",
