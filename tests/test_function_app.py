@@ -45,7 +45,7 @@ def function_app_module() -> Any:
 def functions(function_app_module: Any) -> dict[str, dict[str, Any]]:
     app = function_app_module.app
     app.functions_bindings = None  # get_functions() is not idempotent
-    return {fn.get_function_name(): fn.get_bindings_dict() for fn in app.get_functions()}
+    return {fn.get_function_name(): json.loads(fn.get_function_json()) for fn in app.get_functions()}
 
 
 def _trigger(bindings: dict[str, Any]) -> dict[str, Any]:
