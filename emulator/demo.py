@@ -20,7 +20,8 @@ from rich.table import Table
 
 from emulator.sandbox import LocalAzure
 
-console = Console(highlight=False)
+WIDTH = 150
+console = Console(highlight=False, width=WIDTH)
 
 DEMO_SETTINGS = {
     # The product's own waits, shrunk so the demo finishes in seconds (defaults are minutes to a day).
@@ -63,15 +64,15 @@ def main() -> int:
     cli = shutil.which("aks-rotator", path=os.path.dirname(sys.executable)) or "aks-rotator"
     started = time.monotonic()
     with LocalAzure() as azure:
-        env = {**os.environ, **azure.settings_env(**DEMO_SETTINGS)}
+        env = {**os.environ, "COLUMNS": str(WIDTH), **azure.settings_env(**DEMO_SETTINGS)}
         console.rule("Estate before (as the emulated Entra ID and AKS see it)")
         console.print(estate_table("before", azure.control.state()))
-        console.rule("aks-rotator run --once")
-        result = subprocess.run([cli, "run", "--once"], env=env, check=False)
+        console.rule("aks-rotator run --once --wait 60")
+        result = subprocess.run([cli, "run", "--once", "--wait", "60"], env=env, check=False)
         console.rule("Estate after")
         console.print(estate_table("after", azure.control.state()))
-        console.rule("Audit (aks-rotator status)")
-        subprocess.run([cli, "status"], env=env, check=False)
+        console.rule("Audit (aks-rotator status --audit)")
+        subprocess.run([cli, "status", "--audit"], env=env, check=False)
     console.print(f"demo finished in {time.monotonic() - started:.1f} s; Azurite and the emulator are stopped")
     return 0 if result.returncode in (0, 3) else result.returncode
 

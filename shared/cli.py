@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -143,21 +144,42 @@ def scan(as_json: JsonOpt = False, dry_run: DryRunOpt = False) -> None:
     raise typer.Exit(EXIT_DUE if report.due() else EXIT_OK)
 
 
-def _drain_and_report(settings: Settings, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+async def _drain(settings: Settings, wait_seconds: float, progress: Callable[[str, int, int], None] | None) -> Any:
+    """Drain until idle; with `wait_seconds`, keep draining delayed messages until every rotation settles."""
+    deadline = time.monotonic() + wait_seconds
+    reports = [await rotation.drain(settings, progress=progress)]
+    while time.monotonic() < deadline:
+        views = await rotation.status(settings)
+        if all(v.state in ("succeeded", "failed") for v in views):
+            break
+        await asyncio.sleep(0.5)  # a re-queued step becomes visible after its delay
+        reports.append(await rotation.drain(settings, progress=progress))
+    return reports
+
+
+def _drain_and_report(
+    settings: Settings, as_json: bool, wait_seconds: float = 0.0, extra: dict[str, Any] | None = None
+) -> None:
     with _progress(not as_json) as progress:
-        report = _run(rotation.drain(settings, progress=progress))
+        reports = _run(_drain(settings, wait_seconds, progress))
     views = _run(rotation.status(settings))
     if as_json:
-        emit_json({**(extra or {}), "drain": report, "rotations": views})
+        emit_json({**(extra or {}), "drain": reports, "rotations": views})
     else:
         out.print(_status_table(views))
     raise typer.Exit(EXIT_ROTATION_FAILED if any(v.state == "failed" for v in views) else EXIT_OK)
 
 
+WaitOpt = Annotated[
+    float,
+    typer.Option("--wait", help="Keep draining delayed steps for up to this many seconds until rotations settle."),
+]
+
+
 @app.command()
-def worker(as_json: JsonOpt = False) -> None:
+def worker(as_json: JsonOpt = False, wait: WaitOpt = 0.0) -> None:
     """Process the rotation queue until it is idle (what the queue trigger does, locally)."""
-    _drain_and_report(_settings(), as_json)
+    _drain_and_report(_settings(), as_json, wait)
 
 
 @app.command()
@@ -165,6 +187,7 @@ def run(
     once: Annotated[bool, typer.Option("--once", help="One scan, then drain the queue until idle.")] = False,
     as_json: JsonOpt = False,
     dry_run: DryRunOpt = False,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """Scan and rotate: the whole pipeline once (what `make demo` runs)."""
     if not once:
@@ -183,7 +206,7 @@ def run(
         if as_json:
             emit_json({"scan": report.to_json()})
         raise typer.Exit(EXIT_DUE if report.due() else EXIT_OK)
-    _drain_and_report(settings, as_json, {"scan": report.to_json()})
+    _drain_and_report(settings, as_json, wait, {"scan": report.to_json()})
 
 
 @app.command()
@@ -224,17 +247,32 @@ def _status_table(views: Sequence[Any]) -> Table:
     return table
 
 
+def _audit_table(view: Any) -> Table:
+    table = Table(title=f"Audit of {view.rotation_id[:12]} ({view.cluster_id.rsplit('/', 1)[-1]})")
+    for column in ("at", "step", "outcome", "detail"):
+        table.add_column(column, overflow="fold")
+    for entry in view.audit:
+        table.add_row(entry.at.strftime("%H:%M:%S"), entry.step, entry.outcome, redact(entry.detail))
+    return table
+
+
 @app.command()
 def status(
     rotation_id: Annotated[str | None, typer.Option("--rotation", help="Show one rotation with its audit.")] = None,
+    audit: Annotated[bool, typer.Option("--audit", help="Show every rotation's audit trail.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Rotations and their steps, from the state and audit tables."""
-    views = _run(rotation.status(_settings(), rotation_id))
+    settings = _settings()
+    views = _run(rotation.status(settings, rotation_id))
+    if audit and rotation_id is None:
+        views = [detail for v in views for detail in _run(rotation.status(settings, v.rotation_id))]
     if as_json:
         emit_json(views)
-    else:
-        out.print(_status_table(views))
+        return
+    out.print(_status_table(views))
+    for view in views if (audit or rotation_id) else []:
+        out.print(_audit_table(view))
 
 
 @app.command()
