@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
+from shared import telemetry
 from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound
 from shared.azure import GRAPH_AUDIENCE, product_credential, secret_client
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder, PasswordInfo
@@ -838,6 +839,8 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def _log_report(report: ScanReport) -> None:
     for finding in report.findings:
+        if finding.days_left is not None:
+            telemetry.days_to_expiry(finding.days_left, kind=finding.kind, cluster=finding.cluster_id)
         if finding.due and finding.reason == "expired":
             alert(
                 log,

@@ -158,6 +158,12 @@ class RotationQueues:
         """Remove a received message for good (it was handled)."""
         await self._queue.delete_message(received.id, received.pop_receipt)
 
+    async def release(self, received: Received, delay_seconds: int) -> None:
+        """Make a received message visible again after `delay_seconds` (the host's retry of a failed delivery)."""
+        await self._queue.update_message(
+            received.id, received.pop_receipt, visibility_timeout=max(0, min(delay_seconds, MAX_DELAY_SECONDS))
+        )
+
     async def poison(self, body: str) -> str:
         """Put `body` on the poison queue (same encoding as the host uses). Returns the message id."""
         sent = await self._poison.send_message(body, time_to_live=-1)

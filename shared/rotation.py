@@ -33,6 +33,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from pydantic import SecretStr
 
+from shared import telemetry
 from shared import windows as win
 from shared.aks import (
     AksClient,
@@ -916,22 +917,10 @@ async def _step_retire(run: _Run) -> _Result:
 
 async def _abandon_version(deps: Deps, name: str, version: str) -> None:
     await deps.vault.set_tags(name, version, state="abandoned")
-    disable = getattr(deps.vault, "disable", None)
-    if disable is not None:
-        await disable(name, version)
-        return
-    # VaultStore has no public disable yet: update the version through its SDK client (tags kept as set above).
-    client = getattr(deps.vault, "_client", None)
-    if client is not None:
-        try:
-            await client.update_secret_properties(name, version, enabled=False)
-        except AzureError as exc:
-            log_event(
-                log,
-                logging.WARNING,
-                "vault.disable_failed",
-                f"could not disable {name}/{version}: {type(exc).__name__}",
-            )
+    try:
+        await deps.vault.disable(name, version)
+    except VaultError as exc:
+        log_event(log, logging.WARNING, "vault.disable_failed", f"could not disable {name}/{version}: {exc}")
 
 
 async def _step_cleanup(run: _Run) -> _Result:
@@ -1007,10 +996,14 @@ async def _advance(run: _Run) -> StepOutcome:
         handler = _STEPS.get(phase)
         if handler is None:
             raise RuntimeError(f"rotation {run.rid} is at an unknown step {run.row.step!r}")
-        try:
-            result = await handler(run)
-        except _Failure as failure:
-            result = await _fail(run, failure)
+        step = handler.__name__.removeprefix("_step_")
+        started = _time.perf_counter()
+        with telemetry.span(f"rotation.{step}", rotation_id=run.rid, cluster_id=run.row.cluster_id, kind=run.row.kind):
+            try:
+                result = await handler(run)
+            except _Failure as failure:
+                result = await _fail(run, failure)
+        telemetry.step_duration(step, _time.perf_counter() - started)
         if isinstance(result, _Wait):
             waited = result
             break
@@ -1021,6 +1014,8 @@ async def _advance(run: _Run) -> StepOutcome:
         action: Action = "waiting" if waited.state == "waiting" else "advanced"
         return StepOutcome(action, row.rotation_id, row.state, row.step, waited.delay, waited.detail)
     action = "succeeded" if row.state == "succeeded" else "failed" if row.state == "failed" else "advanced"
+    if row.terminal:
+        telemetry.rotation_outcome(row.state, kind=row.kind)
     return StepOutcome(action, row.rotation_id, row.state, row.step, None, row.failure_reason or "")
 
 
@@ -1346,11 +1341,5 @@ async def _one(deps: Deps, item: Received, report: DrainReport, retry_delay: int
 
 async def _release(queues: RotationQueues, item: Received, delay: int) -> None:
     """Make a failed message visible again after `delay` seconds (the host's retry interval)."""
-    release = getattr(queues, "release", None)
-    if release is not None:
-        await release(item, delay)
-        return
-    client = getattr(queues, "_queue", None)
-    if client is not None:
-        with contextlib.suppress(AzureError):
-            await client.update_message(item.id, item.pop_receipt, visibility_timeout=delay)
+    with contextlib.suppress(AzureError):
+        await queues.release(item, delay)

@@ -191,4 +191,3 @@ _ALIASES = frozenset(field.alias for field in Settings.model_fields.values() if 
 def setting_names() -> list[str]:
     """Every app-setting name the product reads (used to check infra/ sets exactly these)."""
     return sorted(_ALIASES)
-

@@ -191,6 +191,11 @@ class VaultStore:
         props = await _guarded("update", name, self._client.update_secret_properties(name, version, tags=merged))
         return _stored(props)
 
+    async def disable(self, name: str, version: str) -> StoredVersion:
+        """Disable a version (an abandoned secret must not be read back and used)."""
+        props = await _guarded("update", name, self._client.update_secret_properties(name, version, enabled=False))
+        return _stored(props)
+
     async def current(self, name: str) -> StoredVersion | None:
         """The version tagged `state=current` (the newest if several are)."""
         return await self.find_by_tag(name, STATE_TAG, "current")

@@ -1,0 +1,89 @@
+"""OpenTelemetry: every rotation step is a span correlated by rotation id, metrics are recorded, and nothing secret
+appears in any span, attribute or metric (the canary check covers telemetry too)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from emulator.azurite import Azurite
+from emulator.sandbox import EmulatorControl, settings_env
+from shared import discovery, rotation
+from shared.settings import Settings
+from tests.plugins.azurite import StorageNames
+
+SPANS = InMemorySpanExporter()
+METRICS = InMemoryMetricReader()
+_tracer_provider = TracerProvider()
+_tracer_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_tracer_provider)
+metrics.set_meter_provider(MeterProvider(metric_readers=[METRICS]))
+
+
+def _settle(settings: Settings, emulator: EmulatorControl, rounds: int = 60) -> list[rotation.RotationView]:
+    for _ in range(rounds):
+        asyncio.run(rotation.drain(settings))
+        views = asyncio.run(rotation.status(settings))
+        if all(v.state in ("succeeded", "failed") for v in views):
+            return views
+        emulator.advance(60)  # AKS operations finish in emulator time
+    raise AssertionError("rotations did not settle")
+
+
+def test_spans_and_metrics_for_a_scan_and_its_rotations(
+    emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
+) -> None:
+    settings = Settings.from_env(
+        settings_env(
+            emulator.ready,
+            azurite.connection_string,
+            ROTATION_QUEUE=storage_names.queue,
+            STATE_TABLE=storage_names.state_table,
+            AUDIT_TABLE=storage_names.audit_table,
+            LOCK_CONTAINER=storage_names.lock_container,
+            PROOF_SUCCESSES="1",
+            PROOF_SPACING_SECONDS="0",
+            REQUEUE_DELAY_SECONDS="0",
+            LRO_POLL_SECONDS="0",
+            RETIRE_GRACE_SECONDS="0",
+        )
+    )
+    SPANS.clear()
+    asyncio.run(discovery.scan(settings))
+    views = _settle(settings, emulator)
+    assert {v.state for v in views} == {"succeeded"} and len(views) == 2
+
+    spans = SPANS.get_finished_spans()
+    steps_by_rotation: dict[str, set[str]] = {}
+    for span in spans:
+        attributes = dict(span.attributes or {})
+        if span.name.startswith("rotation.") and "rotation_id" in attributes:
+            steps_by_rotation.setdefault(str(attributes["rotation_id"]), set()).add(span.name)
+    assert set(steps_by_rotation) == {v.rotation_id for v in views}
+    for names in steps_by_rotation.values():
+        assert {"rotation.create", "rotation.prove", "rotation.apply", "rotation.verify", "rotation.retire"} <= names
+
+    collected = METRICS.get_metrics_data()
+    assert collected is not None
+    points: dict[str, list[dict[str, object]]] = {}
+    for resource in collected.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(dict(p.attributes or {}) for p in metric.data.data_points)
+    assert {"outcome": "succeeded", "kind": "sp_secret"} in points["rotation.outcomes"]
+    assert {p["step"] for p in points["rotation.step.duration"]} >= {"create", "prove", "apply", "verify"}
+    assert any(p["kind"] == "sp_secret" for p in points["credential.days_to_expiry"])
+
+    everything = json.dumps(
+        [span.to_json() for span in spans] + [collected.to_json()],
+        default=str,
+    )
+    leaked = [secret for secret in emulator.canaries() if secret in everything]
+    assert leaked == []
