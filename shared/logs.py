@@ -13,6 +13,7 @@ This module is pure (no I/O beyond the stream it is given).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final, Literal, cast
 from urllib.parse import quote
 
 from pydantic import SecretStr
@@ -282,6 +283,20 @@ def _install_redactor(handler: logging.Handler) -> None:
         handler.addFilter(_REDACTOR)
 
 
+class _CurrentStderr(io.TextIOBase):
+    """Writes to whatever `sys.stderr` is at the moment (hosts and test runners swap and close it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        if not sys.stderr.closed:
+            sys.stderr.flush()
+
+
+_CURRENT_STDERR = _CurrentStderr()
+
+
 def configure_logging(
     level: str | int = "INFO", json_output: bool = True, *, stream: IO[str] | None = None, quiet_sdks: bool = True
 ) -> logging.Handler | None:
@@ -311,7 +326,7 @@ def configure_logging(
                 root.removeHandler(handler)
             handler = None
         else:
-            target = stream if stream is not None else sys.stderr
+            target: IO[str] = stream if stream is not None else cast(IO[str], _CURRENT_STDERR)
             if handler is None:
                 handler = _OurHandler(target)
                 root.addHandler(handler)
