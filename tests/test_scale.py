@@ -36,10 +36,11 @@ def _all_due(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_four_workers_rotate_every_due_cluster_exactly_once(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
-    emulator.reset(_all_due(estate.generate(clusters=560, subscriptions=8, seed=11)))
+    emulator.reset(_all_due(estate.generate(clusters=580, subscriptions=8, seed=11)))
     env = settings_env(
         emulator.ready,
         azurite.connection_string,
