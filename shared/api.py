@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import edge, rotation
-from shared.messages import InvalidInput, parse_rotation_request
+from shared.aks import AuthorizationFailed, ClusterNotFound
+from shared.messages import InvalidInput, check_allowed, parse_rotation_request
 from shared.settings import Settings
 from shared.store import RotationStore
 
@@ -58,16 +59,31 @@ async def status_summary(settings: Settings) -> ApiResponse:
 
 
 async def request_rotation(settings: Settings, body: bytes) -> ApiResponse:
-    """Validate the body like a queue message, then take the same path as `aks-rotator rotate`."""
+    """Validate the body like a queue message, then take the same path as `aks-rotator rotate`.
+
+    400: invalid body or a subscription outside SUBSCRIPTION_ALLOWLIST; 404: no such cluster, or one the product
+    cannot read (another tenant's or subscription's id); 409: the cluster has no secret to rotate. Each is recorded
+    as a rejected input and changes nothing.
+    """
     try:
         request = parse_rotation_request(body)
         if request.kind.value != "sp_secret":
             raise InvalidInput("only kind sp_secret can be requested over HTTP", "kind")
+        check_allowed(settings, request.cluster_id)
         result = await rotation.rotate_now(settings, request.cluster_id, dry_run=False)
     except InvalidInput as problem:
-        async with RotationStore(settings) as store:
-            await store.ensure()
-            correlation_id = await edge.reject(store, "http", problem, body)
-        return ApiResponse(400, {"error": problem.reason, "field": problem.field, "correlationId": correlation_id})
+        return await _rejected(settings, 400, problem, body)
+    except (ClusterNotFound, AuthorizationFailed):
+        unknown = InvalidInput("cluster_id: no such cluster, or not one the rotator can read", "cluster_id")
+        return await _rejected(settings, 404, unknown, body)
+    except ValueError as exc:  # rotate_now: the cluster uses a managed identity (nothing to rotate)
+        return await _rejected(settings, 409, InvalidInput(f"cluster_id: {exc}", "cluster_id"), body)
     status = 202 if result.status == "queued" else 200
     return ApiResponse(status, {k: v for k, v in dataclasses.asdict(result).items() if v is not None})
+
+
+async def _rejected(settings: Settings, status: int, problem: InvalidInput, body: bytes) -> ApiResponse:
+    async with RotationStore(settings) as store:
+        await store.ensure()
+        correlation_id = await edge.reject(store, "http", problem, body)
+    return ApiResponse(status, {"error": problem.reason, "field": problem.field, "correlationId": correlation_id})

@@ -23,16 +23,17 @@ async def reject(
     """Record a rejected input; returns the correlation id to hand back to the caller."""
     correlation_id = correlation_id or new_correlation_id()
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    # Lone surrogates (a str that never was UTF-8) cannot be stored or logged as text: mark them like bad bytes.
+    text = text[: EXCERPT_CHARS * 4].encode("utf-8", errors="replace").decode("utf-8")
+    reason = redact(problem.reason)  # names echoed from the input (at most 40 characters) may be secrets too
     log_event(
         log,
         logging.WARNING,
         EVENT_INPUT_REJECTED,
-        f"{source} input rejected: {problem.reason}",
+        f"{source} input rejected: {reason}",
         source=source,
-        field=problem.field,
+        field=redact(problem.field) if problem.field else None,
         correlation_id=correlation_id,
     )
-    await store.record_rejection(
-        source, problem.reason, correlation_id, redact(text[: EXCERPT_CHARS * 4])[:EXCERPT_CHARS]
-    )
+    await store.record_rejection(source, reason, correlation_id, redact(text)[:EXCERPT_CHARS])
     return correlation_id

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from shared import edge, rotation
 from shared.azure import product_credential
 from shared.logs import EVENT_KEYVAULT_SECRET_EXPIRED, alert, log_event
-from shared.messages import MAX_MESSAGE_BYTES, CredentialKind, InvalidInput, new_rotation_message
+from shared.messages import MAX_MESSAGE_BYTES, CredentialKind, InvalidInput, check_allowed, new_rotation_message
 from shared.settings import Settings
 from shared.store import RotationStore
 from shared.vault import VaultStore
@@ -78,15 +78,22 @@ def _text(data: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None
 
 def parse_event(raw: str | bytes | dict[str, Any]) -> SecretEvent:
     """Parse one Event Grid or CloudEvents Key Vault event; `InvalidInput` on anything malformed."""
-    if isinstance(raw, dict):
-        doc = raw
-    else:
-        if len(raw) > MAX_MESSAGE_BYTES:
-            raise InvalidInput(f"event larger than {MAX_MESSAGE_BYTES} bytes")
+    if isinstance(raw, dict):  # the host's envelope: the same size limit applies to its JSON form
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("event is not valid JSON") from None
+            raw = json.dumps(raw, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            raise InvalidInput("event is not a JSON document") from None
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput("event is not valid UTF-8 text") from None
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidInput(f"event larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise InvalidInput("event is not valid JSON") from None
     if isinstance(doc, list) and len(doc) == 1:  # Event Grid delivers arrays to webhooks
         doc = doc[0]
     if not isinstance(doc, dict):
@@ -175,14 +182,6 @@ async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) ->
         # A replayed or late event about a version that is no longer the cluster's secret.
         return EventOutcome("ignored", f"version is {stored.tags.get('state', 'untagged')}, not current")
     expired = event.event_type == EXPIRED
-    if expired:
-        alert(
-            log,
-            EVENT_KEYVAULT_SECRET_EXPIRED,
-            "a cluster's secret expired in Key Vault: rotating now",
-            cluster_id=stored.tags.get("cluster-id", ""),
-            **fields,
-        )
     try:
         message = new_rotation_message(
             cluster_id=stored.tags.get("cluster-id", ""),
@@ -194,12 +193,31 @@ async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) ->
     except InvalidInput as exc:
         await _reject(settings, exc, f"tags of {event.secret_name}/{event.version}")
         return EventOutcome("rejected", exc.reason)
+    try:
+        check_allowed(settings, message.cluster_id)
+    except InvalidInput as exc:
+        log_event(log, logging.WARNING, "keyvault.event_ignored", exc.reason, **fields)
+        return EventOutcome("ignored", exc.reason)
+    if expired:
+        alert(
+            log,
+            EVENT_KEYVAULT_SECRET_EXPIRED,
+            "a cluster's secret expired in Key Vault: rotating now",
+            cluster_id=message.cluster_id,
+            **fields,
+        )
     result = await rotation.submit(settings, message)
     return EventOutcome(result.status, result.detail, message.rotation_id)
 
 
 async def _reject(settings: Settings, problem: InvalidInput, raw: str | bytes | dict[str, Any]) -> None:
-    text = json.dumps(raw, default=str) if isinstance(raw, dict) else raw
+    if isinstance(raw, dict):
+        try:
+            text: str | bytes = json.dumps(raw, default=str, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            text = "(an event that is not a JSON document)"
+    else:
+        text = raw
     async with RotationStore(settings) as store:
         await store.ensure()
         await edge.reject(store, "eventgrid", problem, text)

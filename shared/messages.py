@@ -17,7 +17,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, Final, Generic, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Final, Generic, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -29,6 +29,9 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -44,6 +47,7 @@ __all__ = [
     "RotationMessage",
     "RotationRequest",
     "Step",
+    "check_allowed",
     "expiry_generation",
     "new_correlation_id",
     "new_rotation_message",
@@ -160,6 +164,19 @@ def parse_cluster_id(cluster_id: str) -> ClusterRef:
     if match is None:
         raise InvalidInput(f"cluster_id: {_CLUSTER_ID_PROBLEM}", field="cluster_id")
     return ClusterRef(match["subscription"].lower(), match["group"], match["name"])
+
+
+def check_allowed(settings: Settings, cluster_id: str) -> ClusterRef:
+    """The edge check every inbound cluster id passes before anything acts on it: a managedCluster id whose
+    subscription is in SUBSCRIPTION_ALLOWLIST (an empty list allows every subscription, as discovery does).
+
+    Raises InvalidInput (field `cluster_id`) without echoing the id.
+    """
+    ref = parse_cluster_id(cluster_id)
+    allowed = settings.subscription_allowlist
+    if allowed and ref.subscription_id not in {sub.lower() for sub in allowed}:
+        raise InvalidInput("cluster_id: subscription is not in SUBSCRIPTION_ALLOWLIST", field="cluster_id")
+    return ref
 
 
 def validate_resource_id(cluster_id: str) -> str:

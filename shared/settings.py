@@ -26,6 +26,12 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
+def _echo(value: str, limit: int = 40) -> str:
+    """A short, printable echo of a bad setting value (never the whole of a huge or hostile value)."""
+    value = "".join(ch if ch.isprintable() else "?" for ch in value)
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names it."""
 
@@ -102,7 +108,7 @@ class Settings(BaseModel):
     def _guid_list(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
             if not _GUID.match(item):
-                raise ValueError(f"{item!r} is not a subscription id (GUID)")
+                raise ValueError(f"{_echo(item)!r} is not a subscription id (GUID)")
         return value
 
     @field_validator("authority_host", "arm_endpoint", "graph_endpoint", "key_vault_url")
@@ -116,7 +122,7 @@ class Settings(BaseModel):
     @classmethod
     def _file(cls, value: str | None) -> str | None:
         if value and not os.path.isfile(value):
-            raise ValueError(f"file {value!r} does not exist")
+            raise ValueError(f"file {_echo(value, 120)!r} does not exist")
         return value or None
 
     @field_validator("rotation_schedule")
