@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError
@@ -32,6 +32,7 @@ from shared.settings import Settings
 
 SUBSCRIPTIONS_API_VERSION = "2022-12-01"
 _NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+PERMISSIONS_API_VERSION = "2022-04-01"
 _CLUSTER_ID = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ContainerService/"
     r"managedClusters/(?P<name>[^/]+)$",
@@ -404,6 +405,21 @@ class AksClient:
             url = self._on_arm(body["nextLink"]) if body.get("nextLink") else ""
             pages += 1
         return result
+
+    async def permissions(self, scope: str) -> list[dict[str, Any]]:
+        """The caller's own `Microsoft.Authorization/permissions` blocks at `scope` (needs no extra right)."""
+        url = (
+            f"{self._settings.arm_endpoint}{quote(scope)}/providers/Microsoft.Authorization/permissions"
+            f"?api-version={PERMISSIONS_API_VERSION}"
+        )
+        blocks: list[dict[str, Any]] = []
+        pages = 0
+        while url and pages < 100:
+            _, body = await self._get_json(url, "read permissions")
+            blocks += [b for b in body.get("value") or [] if isinstance(b, dict)]
+            url = self._on_arm(body["nextLink"]) if body.get("nextLink") else ""
+            pages += 1
+        return blocks
 
     async def list_clusters(self, subscription_id: str) -> list[ClusterInfo]:
         client = self._client(subscription_id)

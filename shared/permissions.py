@@ -31,11 +31,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
-from azure.core.rest import HttpRequest
 from azure.identity.aio import AzureCliCredential
 from kiota_abstractions.api_error import APIError
 from msgraph.generated.models.reference_create import ReferenceCreate
@@ -44,7 +43,6 @@ from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, Cl
 from shared.azure import (
     ARM_AUDIENCE,
     GRAPH_AUDIENCE,
-    container_service,
     product_credential,
     secret_client,
     secret_credential,
@@ -74,7 +72,6 @@ T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
 
 VAULT_AUDIENCE = "https://vault.azure.net"
-PERMISSIONS_API_VERSION = "2022-04-01"
 PROBE_SECRET = "aks-rotator-preflight"  # noqa: S105 - the probe secret's name
 PROBE_TAG = ("purpose", "aks-rotator-preflight")
 OWNED_BY = "Application.ReadWrite.OwnedBy"
@@ -326,49 +323,6 @@ def fix_vault_role(client_id: str, vault: str) -> str:
 
 
 # -- clients ------------------------------------------------------------------------------------------------------
-class _PermissionsError(Exception):
-    def __init__(self, status: int | None, code: str | None) -> None:
-        super().__init__(f"permissions read failed: HTTP {status} {code or ''}".strip())
-        self.status = status
-        self.code = code
-
-
-class _Arm:
-    """Reads `Microsoft.Authorization/permissions` through an ARM SDK pipeline (auth, retries, CA bundle)."""
-
-    _NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-
-    def __init__(self, settings: Settings, credential: AsyncTokenCredential, **client_kwargs: Any) -> None:
-        self._settings = settings
-        self._client = container_service(settings, credential, self._NO_SUBSCRIPTION, **client_kwargs)
-        self._origin = urlparse(settings.arm_endpoint).netloc.lower()
-
-    async def close(self) -> None:
-        await self._client.close()
-
-    async def permissions(self, scope: str) -> list[dict[str, Any]]:
-        url: str | None = (
-            f"{self._settings.arm_endpoint}{quote(scope)}/providers/Microsoft.Authorization/permissions"
-            f"?api-version={PERMISSIONS_API_VERSION}"
-        )
-        blocks: list[dict[str, Any]] = []
-        pages = 0
-        while url and pages < 100:
-            pages += 1
-            response = await self._client.send_request(HttpRequest("GET", url))
-            try:
-                body = response.json() if response.content else {}
-            except ValueError:
-                body = {}
-            if response.status_code >= 400:
-                error = body.get("error") if isinstance(body, dict) else None
-                raise _PermissionsError(response.status_code, error.get("code") if isinstance(error, dict) else None)
-            blocks += [b for b in body.get("value") or [] if isinstance(b, dict)]
-            link = body.get("nextLink")
-            url = link if isinstance(link, str) and urlparse(link).netloc.lower() == self._origin else None
-        return blocks
-
-
 class _Graph(GraphOps):
     """GraphOps plus the service-principal owner operations and the product's own service principal."""
 
@@ -585,13 +539,13 @@ async def _check_arm(
 ) -> list[Finding]:
     wanted = required_actions()
     results: dict[str, Finding] = {}
-    arm = _Arm(settings, credential, **client_kwargs)
+    arm = AksClient(settings, credential, **client_kwargs)
 
     async def check(cluster: ClusterInfo) -> None:
         fix = fix_arm_role(settings.client_id, f"/subscriptions/{cluster.subscription_id}", role)
         try:
             blocks = await arm.permissions(_canonical(cluster.id))
-        except (_PermissionsError, AzureError) as exc:
+        except (AksError, AzureError) as exc:
             results[cluster.id] = Finding(cluster.id, CHECK_ARM_ACTIONS, False, f"cannot read permissions: {exc}", fix)
             return
         allowed = effective_actions(blocks, wanted)

@@ -66,6 +66,7 @@ from shared.messages import (
     parse_cluster_id,
     parse_message,
 )
+from shared.permissions import effective_actions
 from shared.queues import MAX_DELAY_SECONDS, Received, RotationQueues
 from shared.settings import Settings
 from shared.store import AlreadyExists, AuditRow, RotationRecord, RotationStore, StaleRecord
@@ -481,6 +482,7 @@ async def _preflight(run: _Run, creds: AppCredentials) -> list[StoredVersion]:
             f"the cluster no longer uses application {run.row.app_id} (it uses {cluster.sp_client_id or 'msi'})",
             cleanup=False,
         )
+    await _require_actions(deps, cluster.id, APPLY_ACTIONS)
     try:
         versions = await deps.vault.versions(run.secret_name)
     except VaultForbidden as exc:
@@ -501,6 +503,25 @@ async def _preflight(run: _Run, creds: AppCredentials) -> list[StoredVersion]:
                 cleanup=False,
             )
     return versions
+
+
+APPLY_ACTIONS = (
+    "Microsoft.ContainerService/managedClusters/resetServicePrincipalProfile/action",
+    "Microsoft.ContainerService/locations/operations/read",
+)
+
+
+async def _require_actions(deps: Deps, cluster_id: str, actions: Sequence[str]) -> None:
+    """ARM has no dry run for an action: read our own permissions so a missing one fails before create."""
+    try:
+        blocks = await deps.aks.permissions(cluster_id)
+    except AksError as exc:
+        log_event(log, logging.WARNING, "rotation.permissions_unreadable", f"cannot read ARM permissions: {exc}")
+        return  # the apply step still fails cleanly (the unused new password is removed)
+    allowed = effective_actions(blocks, actions)
+    missing = [action for action in actions if action not in allowed]
+    if missing:
+        raise _Failure(f"missing ARM permission '{missing[0]}' on {cluster_id}", cleanup=False)
 
 
 def _is_due(run: _Run, plan: _Plan, now: datetime) -> bool:
