@@ -675,14 +675,14 @@ def _message(finding: Finding, correlation_id: str) -> Any:
     )
 
 
-async def _existing_rows(store: Any) -> tuple[dict[str, str], set[tuple[str, str]]]:
-    """(rotation id -> state, {(cluster key, kind)} of rotations still running), from one paged query."""
+async def _existing_rows(store: Any) -> tuple[dict[str, str], dict[tuple[str, str], str]]:
+    """(rotation id -> state, (cluster key, kind) -> id of the rotation still running), from one paged query."""
     try:
         rows = await store.list()
     except ResourceNotFoundError:  # the table does not exist yet (dry run before the first real run)
-        return {}, set()
+        return {}, {}
     states = {row.rotation_id: row.state for row in rows}
-    active = {(row.cluster_id.lower(), row.kind) for row in rows if not row.terminal}
+    active = {(row.cluster_id.lower(), row.kind): row.rotation_id for row in rows if not row.terminal}
     return states, active
 
 
@@ -718,7 +718,10 @@ async def _queue(
                 out[index] = replace(finding, action="report_only", detail=str(exc))
                 continue
             rid = message.rotation_id
-            if rid in states or (finding.cluster_id.lower(), finding.kind) in active:
+            running = active.get((finding.cluster_id.lower(), finding.kind))
+            retry = states.get(rid) == "failed" and running is None  # submit retries a failed one once a day
+            if (rid in states and not retry) or running is not None:
+                rid = running or rid
                 state = states.get(rid)
                 detail = (
                     f"rotation {rid} failed: see `aks-rotator status --rotation {rid}`"
@@ -748,7 +751,8 @@ async def _queue(
                     continue
                 if result.status == "queued":
                     queued += 1
-                    out[index] = replace(finding, action="queued", rotation_id=rid, detail=result.detail)
+                    detail = f"retry of failed rotation {rid}: {result.detail}" if retry else result.detail
+                    out[index] = replace(finding, action="queued", rotation_id=result.rotation_id, detail=detail)
                 else:
                     out[index] = replace(
                         finding, action="already_queued", rotation_id=result.rotation_id, detail=result.detail

@@ -65,6 +65,7 @@ from shared.messages import (
     new_rotation_message,
     parse_cluster_id,
     parse_message,
+    rotation_id_for,
 )
 from shared.permissions import effective_actions
 from shared.queues import MAX_DELAY_SECONDS, Received, RotationQueues
@@ -1191,6 +1192,10 @@ async def submit(
                 await queues.ensure()
         kind = message.kind.value
         existing = await store.get(message.rotation_id)
+        if existing is not None and existing.state == "failed" and message.reason in RETRIED_REASONS:
+            # A failed rotation alerted; the credential still expires. Try again, at most once per UTC day.
+            message = message.model_copy(update={"rotation_id": _retry_id(message, _utcnow())})
+            existing = await store.get(message.rotation_id)
         if existing is not None:
             return SubmitResult(
                 message.rotation_id,
@@ -1220,6 +1225,15 @@ async def submit(
         return SubmitResult(
             message.rotation_id, message.cluster_id, kind, "queued", f"reason {message.reason}", message_id
         )
+
+
+RETRIED_REASONS = frozenset({"due", "urgent", "expired", "keyvault_event"})
+
+
+def _retry_id(message: RotationMessage, now: datetime) -> str:
+    """The id of the day's retry of a failed rotation: deterministic, so scans and events dedup on it too."""
+    generation = f"retry-{now.date().isoformat()}-of-{message.rotation_id}"
+    return rotation_id_for(message.cluster_id, message.kind, message.app_id, generation)
 
 
 async def rotate_now(settings: Settings, cluster_id: str, *, dry_run: bool) -> SubmitResult:

@@ -158,6 +158,26 @@ def test_second_run_queues_nothing_new(emulator: EmulatorControl, settings: Sett
     }
 
 
+def test_failed_rotation_is_retried_once_a_day(emulator: EmulatorControl, settings: Settings) -> None:
+    first = _scan(settings)
+    failed_id = _by(first, "aks-payments", "sp_secret").rotation_id
+    assert failed_id is not None
+
+    async def fail_it() -> None:
+        async with RotationStore(settings) as store:
+            row = await store.get(failed_id)
+            assert row is not None
+            await store.save(row.model_copy(update={"state": "failed", "failure_reason": "test: Entra refused"}))
+
+    asyncio.run(fail_it())
+    retry = _by(_scan(settings), "aks-payments", "sp_secret")
+    assert retry.action == "queued" and retry.rotation_id not in (None, failed_id)
+    assert failed_id in (retry.detail or "")
+    again = _by(_scan(settings), "aks-payments", "sp_secret")  # the same day: the retry is in flight
+    assert again.action == "already_queued" and again.rotation_id == retry.rotation_id
+    assert len(_queued(settings)) == 3  # two first-run messages + one retry
+
+
 def test_blast_radius_most_urgent_first(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
