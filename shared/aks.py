@@ -27,7 +27,7 @@ from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import ManagedClusterServicePrincipalProfile
 from cryptography import x509
 
-from shared.azure import container_service
+from shared.azure import ServiceError, container_service
 from shared.settings import Settings
 
 SUBSCRIPTIONS_API_VERSION = "2022-12-01"
@@ -48,13 +48,8 @@ _WEEK_INDEX = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": 5}
 
 
 # -- errors ----------------------------------------------------------------------------------------------------
-class AksError(Exception):
+class AksError(ServiceError):
     """An ARM/AKS call failed; `status` and `code` are ARM's (None when not an HTTP error)."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class AuthorizationFailed(AksError):

@@ -7,7 +7,8 @@ against the local emulator.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlparse
 
 import httpx
@@ -141,3 +142,43 @@ def table_service(settings: Settings, credential: AsyncTokenCredential) -> Table
     if settings.storage_connection_string is not None:
         return TableServiceClient.from_connection_string(settings.storage_connection_string.get_secret_value())
     return TableServiceClient(_storage_url(settings, "table"), credential=credential)
+
+
+class ServiceError(Exception):
+    """An Azure call failed. `status` and `code` are the service's (None when not an HTTP error); the message
+    names the operation only, never a request body."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class StorageResource:
+    """Base of the storage-backed helpers (queues, locks, state): owns its SDK clients and, when not given one,
+    the credential; an async context manager that closes them."""
+
+    def __init__(self, settings: Settings, credential: AsyncTokenCredential | None) -> None:
+        self.settings = settings
+        self._owned_credential = credential is None
+        self._credential = credential if credential is not None else product_credential(settings)
+
+    def _clients(self) -> tuple[Any, ...]:
+        """The SDK clients to close, innermost first."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        try:
+            for client in self._clients():
+                await client.close()
+        finally:
+            if self._owned_credential:
+                await self._credential.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -58,7 +58,7 @@ from msgraph.generated.service_principals.item.service_principal_item_request_bu
 from msgraph.graph_service_client import GraphServiceClient
 from pydantic import SecretStr
 
-from shared.azure import graph_client
+from shared.azure import ServiceError, graph_client
 from shared.logs import register_secret
 from shared.settings import Settings
 
@@ -113,13 +113,8 @@ class NewPassword:
     secret: SecretStr
 
 
-class GraphError(Exception):
+class GraphError(ServiceError):
     """A Graph call failed. The message names the operation, HTTP status and Graph error code only."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class PasswordPolicyError(GraphError):

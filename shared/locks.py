@@ -20,13 +20,13 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from types import TracebackType
+from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobClient, BlobLeaseClient, BlobServiceClient, ContainerClient
 
-from shared.azure import blob_service, product_credential
+from shared.azure import StorageResource, blob_service
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class ClusterLease:
             log.info("lock release refused", extra={"cluster_id": self.cluster_id, "status": exc.status_code})
 
 
-class ClusterLocks:
+class ClusterLocks(StorageResource):
     """Blob-lease locks in `settings.lock_container`. Use as an async context manager (closes the clients).
 
     `renew_every` overrides the renewal interval (default `lease_seconds / 3`); tests use a short one.
@@ -148,29 +148,14 @@ class ClusterLocks:
     ) -> None:
         if renew_every is not None and not 0 < renew_every < settings.lease_seconds:
             raise ValueError("renew_every must be between 0 and lease_seconds")
-        self.settings = settings
+        super().__init__(settings, credential)
         self.lease_seconds = settings.lease_seconds
         self.renew_every = renew_every if renew_every is not None else settings.lease_seconds / 3
-        self._owned_credential = credential is None
-        self._credential = credential if credential is not None else product_credential(settings)
         self._service: BlobServiceClient = blob_service(settings, self._credential)
         self._container: ContainerClient = self._service.get_container_client(settings.lock_container)
 
-    async def close(self) -> None:
-        try:
-            await self._container.close()
-            await self._service.close()
-        finally:
-            if self._owned_credential:
-                await self._credential.close()
-
-    async def __aenter__(self) -> ClusterLocks:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+    def _clients(self) -> tuple[Any, ...]:
+        return (self._container, self._service)
 
     async def ensure(self) -> None:
         """Create the lock container if it does not exist."""

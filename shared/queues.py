@@ -13,7 +13,6 @@ import binascii
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -21,7 +20,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient, QueueServiceClient
 
-from shared.azure import product_credential, queue_service
+from shared.azure import StorageResource, queue_service
 from shared.settings import Settings
 
 MAX_DELAY_SECONDS = 7 * 24 * 3600  # the service's visibility-timeout ceiling
@@ -70,7 +69,7 @@ def decode(wire: str) -> tuple[str, bool]:
         return wire, False
 
 
-class RotationQueues:
+class RotationQueues(StorageResource):
     """The rotation queue and its poison queue. Use as an async context manager (closes the clients).
 
     `credential` is used only for identity-based storage; when omitted the product credential is built from
@@ -78,9 +77,7 @@ class RotationQueues:
     """
 
     def __init__(self, settings: Settings, credential: AsyncTokenCredential | None = None) -> None:
-        self.settings = settings
-        self._owned_credential = credential is None
-        self._credential = credential if credential is not None else product_credential(settings)
+        super().__init__(settings, credential)
         self._service: QueueServiceClient = queue_service(settings, self._credential)
         # Encode with the SDK's policy; decode ourselves so one foreign message cannot break a whole receive.
         self._queue: QueueClient = self._client(settings.rotation_queue)
@@ -97,22 +94,8 @@ class RotationQueues:
     def poison_name(self) -> str:
         return self.settings.poison_queue
 
-    async def close(self) -> None:
-        try:
-            await self._queue.close()
-            await self._poison.close()
-            await self._service.close()
-        finally:
-            if self._owned_credential:
-                await self._credential.close()
-
-    async def __aenter__(self) -> RotationQueues:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+    def _clients(self) -> tuple[Any, ...]:
+        return (self._queue, self._poison, self._service)
 
     async def ensure(self) -> None:
         """Create the rotation and poison queues if they do not exist."""

@@ -20,7 +20,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Literal
 
 from azure.core import MatchConditions
@@ -30,7 +29,7 @@ from azure.data.tables import TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from shared.azure import product_credential, table_service
+from shared.azure import StorageResource, table_service
 from shared.settings import Settings
 
 ROTATION_PARTITION = "rotation"
@@ -198,33 +197,17 @@ def _property_value(value: Any) -> Any:
     return json.dumps(value, default=str, sort_keys=True)
 
 
-class RotationStore:
+class RotationStore(StorageResource):
     """Rotation rows and the audit trail. Use as an async context manager (closes the clients)."""
 
     def __init__(self, settings: Settings, credential: AsyncTokenCredential | None = None) -> None:
-        self.settings = settings
-        self._owned_credential = credential is None
-        self._credential = credential if credential is not None else product_credential(settings)
+        super().__init__(settings, credential)
         self._service: TableServiceClient = table_service(settings, self._credential)
         self._state: TableClient = self._service.get_table_client(settings.state_table)
         self._audit: TableClient = self._service.get_table_client(settings.audit_table)
 
-    async def close(self) -> None:
-        try:
-            await self._state.close()
-            await self._audit.close()
-            await self._service.close()
-        finally:
-            if self._owned_credential:
-                await self._credential.close()
-
-    async def __aenter__(self) -> RotationStore:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+    def _clients(self) -> tuple[Any, ...]:
+        return (self._state, self._audit, self._service)
 
     async def ensure(self) -> None:
         """Create the state and audit tables if they do not exist."""

@@ -21,7 +21,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 from azure.keyvault.secrets import SecretProperties
 
-from shared.azure import secret_client
+from shared.azure import ServiceError, secret_client
 from shared.logs import log_event, register_secret
 from shared.settings import Settings
 
@@ -45,13 +45,8 @@ class StoredVersion:
     created_on: datetime | None
 
 
-class VaultError(Exception):
+class VaultError(ServiceError):
     """A Key Vault call failed. The message names the operation and secret, never a value."""
-
-    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 class VaultForbidden(VaultError):
