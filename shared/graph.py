@@ -521,10 +521,15 @@ class GraphOps:
         return self._lifetime(default.application_restrictions.password_credentials)
 
     # -- owners ----------------------------------------------------------------------------------------------
-    async def owners(self, application_object_id: str) -> list[str]:
-        """Owner object ids of the application (all pages)."""
-        builder = self._client.applications.by_application_id(application_object_id).owners
-        page = await self._call("list owners", lambda: builder.get(self._config()))
+    def _owners_builder(self, holder: Holder, object_id: str) -> Any:
+        if holder == "application":
+            return self._client.applications.by_application_id(object_id).owners
+        return self._client.service_principals.by_service_principal_id(object_id).owners
+
+    async def owners(self, holder: Holder, object_id: str) -> list[str]:
+        """Owner object ids of the application or service principal (all pages)."""
+        builder = self._owners_builder(holder, object_id)
+        page = await self._call(f"list {holder} owners", lambda: builder.get(self._config()))
         out: list[str] = []
         while page is not None:
             out.extend(o.id for o in page.value or [] if o.id)
@@ -532,17 +537,28 @@ class GraphOps:
             if not link:
                 break
             next_builder = builder.with_url(link)
-            page = await self._call("list owners", lambda b=next_builder: b.get(self._config()))  # type: ignore[misc]
+            page = await self._call(f"list {holder} owners", lambda b=next_builder: b.get(self._config()))  # type: ignore[misc]
         return out
 
-    async def add_owner(self, application_object_id: str, principal_object_id: str) -> None:
+    async def add_owner(self, holder: Holder, object_id: str, principal_object_id: str) -> None:
         """Add an owner; already being an owner is success."""
-        builder = self._client.applications.by_application_id(application_object_id).owners.ref
+        builder = self._owners_builder(holder, object_id).ref
         body = ReferenceCreate(odata_id=f"{self._base}/directoryObjects/{principal_object_id}")
         try:
-            await self._call("add owner", lambda: builder.post(body, request_configuration=self._config()))
+            await self._call(f"add {holder} owner", lambda: builder.post(body, request_configuration=self._config()))
         except GraphError as exc:
             if exc.status != 400:
                 raise
-            if principal_object_id.lower() not in {o.lower() for o in await self.owners(application_object_id)}:
+            if principal_object_id.lower() not in {o.lower() for o in await self.owners(holder, object_id)}:
                 raise
+
+    async def service_principal_id(self, app_id: str) -> str | None:
+        """Object id of the service principal of `app_id`, or None if the tenant has none."""
+        builder = self._client.service_principals_with_app_id(app_id)
+        try:
+            sp = await self._call("get service principal", lambda: builder.get(self._config()))
+        except GraphError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return sp.id if sp is not None else None

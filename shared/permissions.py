@@ -37,7 +37,6 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.identity.aio import AzureCliCredential
 from kiota_abstractions.api_error import APIError
-from msgraph.generated.models.reference_create import ReferenceCreate
 
 from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound, parse_cluster_id
 from shared.azure import (
@@ -323,46 +322,6 @@ def fix_vault_role(client_id: str, vault: str) -> str:
 
 
 # -- clients ------------------------------------------------------------------------------------------------------
-class _Graph(GraphOps):
-    """GraphOps plus the service-principal owner operations and the product's own service principal."""
-
-    async def sp_owners(self, sp_object_id: str) -> list[str]:
-        builder = self._client.service_principals.by_service_principal_id(sp_object_id).owners
-        page = await self._call("list service principal owners", lambda: builder.get(self._config()))
-        out: list[str] = []
-        while page is not None:
-            out.extend(o.id for o in page.value or [] if o.id)
-            link = page.odata_next_link
-            if not link:
-                break
-            nxt = builder.with_url(link)
-            page = await self._call("list service principal owners", lambda b=nxt: b.get(self._config()))  # type: ignore[misc]
-        return out
-
-    async def add_sp_owner(self, sp_object_id: str, principal_object_id: str) -> None:
-        builder = self._client.service_principals.by_service_principal_id(sp_object_id).owners.ref
-        body = ReferenceCreate(odata_id=f"{self._base}/directoryObjects/{principal_object_id}")
-        try:
-            await self._call(
-                "add service principal owner", lambda: builder.post(body, request_configuration=self._config())
-            )
-        except GraphError as exc:
-            if exc.status != 400:
-                raise
-            if principal_object_id.lower() not in {o.lower() for o in await self.sp_owners(sp_object_id)}:
-                raise
-
-    async def service_principal_id(self, app_id: str) -> str | None:
-        builder = self._client.service_principals_with_app_id(app_id)
-        try:
-            sp = await self._call("get service principal", lambda: builder.get(self._config()))
-        except GraphError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return sp.id if sp is not None else None
-
-
 async def _bounded(
     limit: int, items: Sequence[T], work: Callable[[T], Awaitable[None]], progress: Progress | None, stage: str
 ) -> None:
@@ -573,7 +532,7 @@ async def _check_owners(
     if not apps:
         return []
     results: dict[str, list[Finding]] = {}
-    ops = _Graph(settings, credential)
+    ops = GraphOps(settings, credential)
     async with ops:
         try:
             found = await ops.lookup_apps(apps)
@@ -592,7 +551,7 @@ async def _check_owners(
 
 async def _owner_findings(
     settings: Settings,
-    ops: _Graph,
+    ops: GraphOps,
     app_id: str,
     cluster_ids: Sequence[str],
     creds: AppCredentials | None,
@@ -619,7 +578,7 @@ async def _owner_findings(
             else fix_sp_owner(settings.graph_endpoint, target, object_id)
         )
         try:
-            owners = await (ops.owners(target) if holder == "application" else ops.sp_owners(target))
+            owners = await ops.owners(holder, target)
         except GraphError as exc:
             out.append(Finding(scope, check, False, f"cannot read the {holder}'s owners: {exc}", fix))
             continue
@@ -737,7 +696,7 @@ async def _adopt(
     role: str,
     client_kwargs: Mapping[str, Any],
 ) -> AdoptReport:
-    ops = _Graph(settings, admin)
+    ops = GraphOps(settings, admin)
     async with ops:
         try:
             product = await ops.service_principal_id(settings.client_id)
@@ -762,7 +721,7 @@ async def _adopt(
 
 
 async def _adopt_app(
-    ops: _Graph,
+    ops: GraphOps,
     app_id: str,
     clusters: tuple[str, ...],
     creds: AppCredentials | None,
@@ -780,14 +739,14 @@ async def _adopt_app(
             out.append(AdoptAction(app_id, holder, None, clusters, "not_found", f"the {holder} is not visible"))
             continue
         try:
-            owners = await (ops.owners(target) if holder == "application" else ops.sp_owners(target))
+            owners = await ops.owners(holder, target)
             if product.lower() in {o.lower() for o in owners}:
                 out.append(AdoptAction(app_id, holder, target, clusters, "ok", "already an owner"))
                 continue
             if dry_run:
                 out.append(AdoptAction(app_id, holder, target, clusters, "would_add", "would add the product as owner"))
                 continue
-            await (ops.add_owner(target, product) if holder == "application" else ops.add_sp_owner(target, product))
+            await ops.add_owner(holder, target, product)
         except GraphAuthorizationError as exc:
             detail = f"{exc} (needs {READ_WRITE_ALL}, Application Administrator, or an existing owner)"
             out.append(AdoptAction(app_id, holder, target, clusters, "failed", detail))

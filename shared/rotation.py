@@ -491,7 +491,7 @@ async def _preflight(run: _Run, creds: AppCredentials) -> list[StoredVersion]:
     me = await deps.product_sp_object_id()
     if creds.application_object_id and me:
         try:
-            owners = await deps.graph.owners(creds.application_object_id)
+            owners = await deps.graph.owners("application", creds.application_object_id)
         except GraphAuthorizationError as exc:
             raise _Failure(
                 f"Microsoft Graph refused listing owners ({exc}): the product needs Application.ReadWrite.OwnedBy",

@@ -296,13 +296,13 @@ def test_owners_and_add_owner(emulator: EmulatorControl, emu_settings: Settings)
     product_sp = _app(state, estate.PRODUCT_APP_ID)["servicePrincipal"]["objectId"]
 
     async def body(ops: GraphOps) -> list[list[str]]:
-        before = await ops.owners(oid)
-        await ops.add_owner(oid, product_sp)
-        await ops.add_owner(oid, product_sp)  # already an owner: no error
-        return [before, await ops.owners(oid)]
+        before = await ops.owners("application", oid)
+        await ops.add_owner("application", oid, product_sp)
+        await ops.add_owner("application", oid, product_sp)  # already an owner: no error
+        return [before, await ops.owners("application", oid)]
 
     assert _ops(emu_settings, body) == [[], [product_sp]]
 
     emulator.reset(_estate(["Application.ReadWrite.OwnedBy"]))
     with pytest.raises(GraphAuthorizationError):
-        _ops(emu_settings, lambda ops: ops.add_owner(oid, product_sp))
+        _ops(emu_settings, lambda ops: ops.add_owner("application", oid, product_sp))
