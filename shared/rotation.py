@@ -33,7 +33,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from pydantic import SecretStr
 
-from shared import telemetry
+from shared import edge, telemetry
 from shared import windows as win
 from shared.aks import (
     AksClient,
@@ -62,6 +62,7 @@ from shared.messages import (
     InvalidInput,
     RotationMessage,
     Step,
+    check_allowed,
     new_rotation_message,
     parse_cluster_id,
     parse_message,
@@ -740,6 +741,8 @@ async def _step_apply(run: _Run) -> _Result:
         cluster = await deps.aks.get_cluster(row.cluster_id)
     except AuthorizationFailed as exc:
         raise _Failure(f"missing ARM permission '{exc.action}'", cleanup=not certificates) from None
+    except ClusterNotFound:
+        raise _Failure(f"cluster {row.cluster_id} no longer exists", cleanup=not certificates) from None
     if certificates:
         if not _certificates_opted_in(run.settings, cluster):
             raise _Failure("certificate rotation: the cluster is not opted in", cleanup=False)
@@ -1056,10 +1059,10 @@ def _record_for(message: RotationMessage) -> RotationRecord:
 
 
 async def _reject(deps: Deps, body: str, exc: InvalidInput, source: str) -> StepOutcome:
-    log_event(log, logging.WARNING, "input.rejected", str(exc), field=exc.field, source=source)
-    await deps.queues.poison(body)
-    await deps.store.record_rejection(source, str(exc), "", redact(body)[:200])
-    return StepOutcome("rejected", detail=str(exc))
+    """Invalid queue input: parked on the poison queue as the host would, recorded, logged (shared.edge)."""
+    await deps.queues.poison(body.encode("utf-8", errors="replace").decode("utf-8"))
+    correlation_id = await edge.reject(deps.store, source, exc, body)
+    return StepOutcome("rejected", detail=f"{redact(exc.reason)} (correlation id {correlation_id})")
 
 
 async def handle_message(
@@ -1072,6 +1075,7 @@ async def handle_message(
     async with _deps_for(settings, deps) as d:
         try:
             message = parse_message(body)
+            check_allowed(settings, message.cluster_id)
         except InvalidInput as exc:
             return await _reject(d, body, exc, "queue")
         try:
@@ -1132,8 +1136,8 @@ async def handle_poison(settings: Settings, body: str, *, deps: Deps | None = No
         try:
             message = parse_message(body)
         except InvalidInput as exc:
-            await d.store.record_rejection("poison", str(exc), "", redact(body)[:200])
-            alert(log, "rotation.poison", f"an invalid message reached the poison queue: {exc}")
+            correlation_id = await edge.reject(d.store, "poison", exc, body)
+            alert(log, "rotation.poison", "an invalid message reached the poison queue", correlation_id=correlation_id)
             return
         row = await d.store.get(message.rotation_id)
         phase = _phase(row.step) if row is not None else "start"

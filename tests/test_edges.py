@@ -468,18 +468,16 @@ def queue_bodies(edge: Estate) -> st.SearchStrategy[str]:
         )
         return json.loads(message.to_json())  # type: ignore[no-any-return]
 
-    # Only sp_secret: a cluster_certificate message for a cluster that does not exist raises (see the xfail).
     templates = st.builds(
         template,
         targets,
         st.uuids().map(str),
-        st.just("sp_secret"),
+        st.sampled_from(["sp_secret", "cluster_certificate"]),
         st.datetimes(datetime(2020, 1, 1), datetime(2040, 1, 1), timezones=st.just(UTC)),
     )
-    # Keys are never the registered canary here: rotation._reject records str(exc) unredacted (see the xfail).
     mutated = templates.flatmap(
         lambda doc: with_mutations(doc, MESSAGE_FIELDS, tampered_ids(doc["cluster_id"]) | other_tenant_ids())
-    ).map(lambda doc: {k: v for k, v in doc.items() if k != CANARY[:30]})
+    )
     return st.one_of(
         templates.map(json.dumps),  # valid messages for clusters/apps that are not ours
         documents(mutated),
@@ -877,11 +875,10 @@ def test_event_for_a_cluster_outside_the_allow_list_is_ignored(edge: Estate) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Known gaps in shared/rotation.py (being finished elsewhere): strict xfails that flip once it is fixed
+# Regressions once found in shared/rotation.py
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="rotation.handle_message does not apply check_allowed (SUBSCRIPTION_ALLOWLIST)")
 def test_queue_message_for_a_subscription_outside_the_allow_list_is_rejected(edge: Estate) -> None:
     cfg = edge.settings()
     edge.control.clear_requests()
@@ -898,7 +895,6 @@ def test_queue_message_for_a_subscription_outside_the_allow_list_is_rejected(edg
     assert outcome.action == "rejected"
 
 
-@pytest.mark.xfail(strict=True, reason="rotation.handle_message lets ClusterNotFound escape for cluster_certificate")
 def test_certificate_message_for_a_cluster_that_does_not_exist_fails_cleanly(edge: Estate) -> None:
     cfg = edge.settings()
     edge.control.clear_requests()
@@ -915,7 +911,6 @@ def test_certificate_message_for_a_cluster_that_does_not_exist_fails_cleanly(edg
     assert outcome.action in {"failed", "rejected"}
 
 
-@pytest.mark.xfail(strict=True, reason="rotation._reject records str(exc) unredacted (an echoed field name)")
 def test_queue_rejection_never_records_a_registered_secret_used_as_a_field_name(edge: Estate) -> None:
     cfg = edge.settings()
     message = new_rotation_message(
@@ -926,7 +921,6 @@ def test_queue_rejection_never_records_a_registered_secret_used_as_a_field_name(
     assert all(CANARY not in r.reason for r in new_rejections(cfg, set()))
 
 
-@pytest.mark.xfail(strict=True, reason="rotation._reject poisons a str with lone surrogates: UnicodeEncodeError")
 def test_queue_message_with_lone_surrogates_is_rejected(edge: Estate) -> None:
     cfg = edge.settings()
     outcome = run(rotation.handle_message(cfg, '{"schema_version": 1, "x": "\ud800"}'))
