@@ -20,6 +20,7 @@ _WINDOW = re.compile(
     r"(?P<start>[01]\d|2[0-3]):(?P<smin>[0-5]\d)-(?P<end>[01]\d|2[0-4]):(?P<emin>[0-5]\d)$"
 )
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_VAULT_NAME = re.compile(r"[a-z][a-z0-9-]{1,22}[a-z0-9]")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -99,7 +100,7 @@ class Settings(BaseModel):
     @field_validator("tenant_id", "client_id")
     @classmethod
     def _guid(cls, value: str) -> str:
-        if not _GUID.match(value):
+        if not _GUID.fullmatch(value):
             raise ValueError("must be a GUID")
         return value.lower()
 
@@ -107,8 +108,16 @@ class Settings(BaseModel):
     @classmethod
     def _guid_list(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
-            if not _GUID.match(item):
+            if not _GUID.fullmatch(item):
                 raise ValueError(f"{_echo(item)!r} is not a subscription id (GUID)")
+        return value
+
+    @field_validator("vault_allowlist")
+    @classmethod
+    def _vault_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if not _VAULT_NAME.fullmatch(item):
+                raise ValueError(f"{_echo(item)!r} is not a Key Vault name (3-24 letters, digits, hyphens)")
         return value
 
     @field_validator("authority_host", "arm_endpoint", "graph_endpoint", "key_vault_url")

@@ -49,6 +49,8 @@ def test_lists_and_numbers_are_parsed() -> None:
         ("AZURE_CA_BUNDLE", "/nonexistent/ca.pem", "does not exist"),
         ("SECRET_LIFETIME_DAYS", "1000", "SECRET_LIFETIME_DAYS"),
         ("LOG_LEVEL", "chatty", "LOG_LEVEL"),
+        ("AZURE_CLIENT_ID", "5f0c1d2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f\n", "GUID"),
+        ("VAULT_ALLOWLIST", "rotator-kv,../etc", "Key Vault name"),
     ],
 )
 def test_bad_values_name_the_setting(name: str, value: str, fragment: str) -> None:
