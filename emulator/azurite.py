@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from emulator.children import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = ROOT / "node_modules" / ".bin" / "azurite"
 
@@ -101,6 +103,7 @@ class Azurite:
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
             start_new_session=True,  # its own process group, so stop() also reaches node's children
+            preexec_fn=die_with_parent,
         )
 
     def _wait_ready(self) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from emulator.azurite import Azurite
+from emulator.children import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,6 +126,7 @@ class EmulatorProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + startup_timeout
         try:
