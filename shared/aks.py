@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 import calendar
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -33,6 +33,7 @@ from shared.settings import Settings
 SUBSCRIPTIONS_API_VERSION = "2022-12-01"
 _NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 PERMISSIONS_API_VERSION = "2022-04-01"
+T = TypeVar("T")
 _CLUSTER_ID = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ContainerService/"
     r"managedClusters/(?P<name>[^/]+)$",
@@ -314,22 +315,33 @@ class _CaptureInitial(AsyncNoPolling[None]):
         self.operation_url = initial_response.http_response.headers.get("Azure-AsyncOperation")
 
 
-def _raise(exc: HttpResponseError, what: str) -> None:
+def _error(exc: HttpResponseError, what: str) -> AksError:
+    """ARM's error as ours: status, code and message only (never the request, whose body may hold a secret)."""
     status = exc.status_code
     code = exc.error.code if exc.error is not None else None
     message = exc.error.message if exc.error is not None and exc.error.message else exc.reason or str(status)
     if status == 403:
         match = _ACTION.search(message)
         if match:
-            raise AuthorizationFailed(match[1], match[2], code or "AuthorizationFailed") from None
-        raise AuthorizationFailed("unknown", what, code or "Forbidden") from None
+            return AuthorizationFailed(match[1], match[2], code or "AuthorizationFailed")
+        return AuthorizationFailed("unknown", what, code or "Forbidden")
     if status == 404:
-        raise ClusterNotFound(f"{what}: {code}: {message}", status, code) from None
+        return ClusterNotFound(f"{what}: {code}: {message}", status, code)
     if status == 409 and code == "OperationNotAllowed":
-        raise ClusterBusy(f"{what}: {message}", status, code) from None
+        return ClusterBusy(f"{what}: {message}", status, code)
     if status == 400 and "ServicePrincipalProfile were invalid" in message:
-        raise CredentialsRejected(f"{what}: {message}", status, code) from None
-    raise AksError(f"{what} failed: {status} {code}: {message}", status, code) from None
+        return CredentialsRejected(f"{what}: {message}", status, code)
+    return AksError(f"{what} failed: {status} {code}: {message}", status, code)
+
+
+async def _guarded(call: Awaitable[T], what: str) -> T:
+    """Await an SDK call; raise our error *outside* the except block so it does not even carry the SDK error
+    (and its request) as __context__."""
+    try:
+        return await call
+    except HttpResponseError as exc:
+        error = _error(exc, what)
+    raise error
 
 
 class AksClient:
@@ -418,29 +430,25 @@ class AksClient:
 
     async def list_clusters(self, subscription_id: str) -> list[ClusterInfo]:
         client = self._client(subscription_id)
-        try:
+
+        async def listing() -> list[ClusterInfo]:
             return [cluster_info(mc.as_dict()) async for mc in client.managed_clusters.list()]
-        except HttpResponseError as exc:
-            _raise(exc, f"list clusters in {subscription_id}")
-            raise
+
+        return await _guarded(listing(), f"list clusters in {subscription_id}")
 
     async def get_cluster(self, cluster_id: str) -> ClusterInfo:
         sub, rg, name = parse_cluster_id(cluster_id)
-        try:
-            mc = await self._client(sub).managed_clusters.get(rg, name)
-        except HttpResponseError as exc:
-            _raise(exc, f"get {cluster_id}")
-            raise
+        mc = await _guarded(self._client(sub).managed_clusters.get(rg, name), f"get {cluster_id}")
         return cluster_info(mc.as_dict())
 
     async def maintenance_windows(self, cluster_id: str) -> list[MaintenanceWindow]:
         sub, rg, name = parse_cluster_id(cluster_id)
         client = self._client(sub)
-        try:
-            configs = [c async for c in client.maintenance_configurations.list_by_managed_cluster(rg, name)]
-        except HttpResponseError as exc:
-            _raise(exc, f"maintenance configurations of {cluster_id}")
-            raise
+
+        async def listing() -> list[Any]:
+            return [c async for c in client.maintenance_configurations.list_by_managed_cluster(rg, name)]
+
+        configs = await _guarded(listing(), f"maintenance configurations of {cluster_id}")
         return [
             MaintenanceWindow.from_arm(str(c.name), (c.properties.as_dict() if c.properties else {})) for c in configs
         ]
@@ -449,23 +457,21 @@ class AksClient:
         """Start resetServicePrincipalProfile; returns the Azure-AsyncOperation URL (the secret is not in it)."""
         sub, rg, name = parse_cluster_id(cluster_id)
         capture = _CaptureInitial()
-        try:
-            await self._client(sub).managed_clusters.begin_reset_service_principal_profile(
+        await _guarded(
+            self._client(sub).managed_clusters.begin_reset_service_principal_profile(
                 rg, name, ManagedClusterServicePrincipalProfile(client_id=client_id, secret=secret), polling=capture
-            )
-        except HttpResponseError as exc:
-            _raise(exc, f"resetServicePrincipalProfile on {cluster_id}")
-            raise
+            ),
+            f"resetServicePrincipalProfile on {cluster_id}",
+        )
         return self._operation_url(capture, cluster_id)
 
     async def begin_rotate_certificates(self, cluster_id: str) -> str:
         sub, rg, name = parse_cluster_id(cluster_id)
         capture = _CaptureInitial()
-        try:
-            await self._client(sub).managed_clusters.begin_rotate_cluster_certificates(rg, name, polling=capture)
-        except HttpResponseError as exc:
-            _raise(exc, f"rotateClusterCertificates on {cluster_id}")
-            raise
+        await _guarded(
+            self._client(sub).managed_clusters.begin_rotate_cluster_certificates(rg, name, polling=capture),
+            f"rotateClusterCertificates on {cluster_id}",
+        )
         return self._operation_url(capture, cluster_id)
 
     def _operation_url(self, capture: _CaptureInitial, cluster_id: str) -> str:
@@ -493,11 +499,10 @@ class AksClient:
     async def ca_expiry(self, cluster_id: str) -> datetime:
         """notAfter of the cluster CA certificate in the user kubeconfig (certificate-authority-data)."""
         sub, rg, name = parse_cluster_id(cluster_id)
-        try:
-            result = await self._client(sub).managed_clusters.list_cluster_user_credentials(rg, name)
-        except HttpResponseError as exc:
-            _raise(exc, f"listClusterUserCredential on {cluster_id}")
-            raise
+        result = await _guarded(
+            self._client(sub).managed_clusters.list_cluster_user_credentials(rg, name),
+            f"listClusterUserCredential on {cluster_id}",
+        )
         kubeconfigs = result.kubeconfigs or []
         if not kubeconfigs or not kubeconfigs[0].value:
             raise AksError(f"no kubeconfig returned for {cluster_id}")

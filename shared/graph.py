@@ -265,6 +265,7 @@ class GraphOps:
         self, operation: str, factory: Callable[[], Awaitable[T]], retry_statuses: frozenset[int] = RETRY_STATUSES
     ) -> T:
         """Run one SDK call with bounded retries; map failures to GraphError types (no bodies, no chaining)."""
+        error: GraphError
         attempt = 0
         while True:
             attempt += 1
@@ -278,12 +279,15 @@ class GraphOps:
                 if retryable and attempt < self._max_attempts and (wait is None or wait <= self._max_retry_after):
                     await asyncio.sleep(wait if wait is not None else self._delay(attempt))
                     continue
-                raise self._mapped(operation, status, code) from None
+                error = self._mapped(operation, status, code)
             except (TimeoutError, httpx.TransportError) as exc:
                 if attempt < self._max_attempts and 500 in retry_statuses:
                     await asyncio.sleep(self._delay(attempt))
                     continue
-                raise GraphError(f"{operation}: connection failed ({type(exc).__name__})") from None
+                error = GraphError(f"{operation}: connection failed ({type(exc).__name__})")
+            # Raised outside the except block: no __context__ link to kiota's error (whose response may hold
+            # secretText) survives on ours.
+            raise error
 
     @staticmethod
     def _mapped(operation: str, status: int | None, code: str | None) -> GraphError:

@@ -65,7 +65,7 @@ ALERT_EVENTS: Final = frozenset(
 # --------------------------------------------------------------------------------------------------------------
 
 _QUOTED_KEYS = (
-    "secretText|value|client_secret|clientSecret|password|access_token|refresh_token|id_token|client_assertion"
+    "secretText|secret|value|client_secret|clientSecret|password|access_token|refresh_token|id_token|client_assertion"
     "|accountKey|AccountKey|sharedAccessSignature|privateKey|private_key"
 )
 _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (

@@ -735,6 +735,18 @@ def _certificates_opted_in(settings: Settings, cluster: ClusterInfo) -> bool:
 
 
 async def _step_apply(run: _Run) -> _Result:
+    # A row already "applying" means an earlier reset of this rotation may have reached AKS (its outcome was never
+    # known): the cluster may hold the new secret, so no failure from here on may remove it (design: "never clean up").
+    uncertain = _phase(run.row.step) == "applying"
+    try:
+        return await _apply(run, uncertain)
+    except _Failure as failure:
+        if uncertain:
+            failure.cleanup = False
+        raise
+
+
+async def _apply(run: _Run, uncertain: bool) -> _Result:
     deps, row = run.deps, run.row
     certificates = row.kind == CredentialKind.CLUSTER_CERTIFICATE.value
     try:
@@ -772,6 +784,8 @@ async def _step_apply(run: _Run) -> _Result:
         )
     # From here on the cluster may receive the new secret: "applying" tells the poison handler not to clean up.
     await run.save(step=f"applying:{started:.0f}:{tries}")
+    # The step to go back to when this request was certainly not executed: keep the mark of an earlier unanswered one.
+    not_sent = f"applying:{started:.0f}:{tries - 1}" if uncertain else f"apply:{started:.0f}"
     await run.lease.ensure_held()
     try:
         if certificates:
@@ -782,6 +796,11 @@ async def _step_apply(run: _Run) -> _Result:
     except AuthorizationFailed as exc:
         raise _Failure(f"missing ARM permission '{exc.action}'", cleanup=not certificates) from None
     except CredentialsRejected:
+        if uncertain:
+            # An earlier reset may have been applied: stay "applying" (this try counts towards the limit).
+            delay = run.settings.requeue_delay_seconds
+            await run.requeue(delay, state="running", detail="AKS refused the new secret after an unanswered reset")
+            return _Wait(delay, "AKS refused the new secret")
         # AKS could not sign in with the new secret yet: the cluster kept the old one. Prove again.
         await run.save(step=f"prove:0:{started:.0f}")
         await run.audit("apply", "rejected", "AKS refused the new secret (not yet replicated); proving again")
@@ -791,13 +810,13 @@ async def _step_apply(run: _Run) -> _Result:
     except ClusterBusy:
         # Not executed (409). A reset of ours may be the one running: the next look sees the cluster busy.
         delay = run.settings.lro_poll_seconds
-        await run.save(step=f"apply:{started:.0f}")
+        await run.save(step=not_sent)
         await run.requeue(delay, state="running", detail="another operation is in progress on the cluster")
         return _Wait(delay, "cluster busy")
     except AksError as exc:
         if exc.status == 429:  # throttled: certainly not executed
             delay = run.settings.requeue_delay_seconds
-            await run.save(step=f"apply:{started:.0f}")
+            await run.save(step=not_sent)
             await run.requeue(delay, state="running", detail="ARM throttled the reset")
             return _Wait(delay, "throttled")
         if exc.status is not None and 400 <= exc.status < 500 and exc.status != 408:
@@ -805,7 +824,9 @@ async def _step_apply(run: _Run) -> _Result:
         return await _apply_uncertain(run, f"{type(exc).__name__} {exc.status}")
     except AzureError as exc:
         return await _apply_uncertain(run, type(exc).__name__)
-    await run.save(step="verify", operation_url=url)
+    # "verify:uncertain": an earlier reset of this rotation was never answered, so even if this operation fails the
+    # cluster may hold the new secret (from the earlier one) and it must not be removed.
+    await run.save(step="verify:uncertain" if uncertain else "verify", operation_url=url)
     what = "rotateClusterCertificates" if certificates else "resetServicePrincipalProfile"
     await run.audit("apply", "started", f"{what} accepted; polling its operation")
     delay = run.settings.lro_poll_seconds
@@ -830,10 +851,17 @@ async def _step_verify(run: _Run) -> _Result:
         return _Next()
     result = await deps.aks.operation_status(row.operation_url)
     if result.status in ("Failed", "Canceled"):
+        detail = f"verify: the AKS operation ended {result.status}: {result.error or 'no detail'}"
+        if row.step == "verify:uncertain" and not certificates:
+            assert row.vault_version is not None
+            await deps.vault.set_tags(run.secret_name, row.vault_version, state="uncertain")
+            raise _Failure(
+                f"{detail}; an earlier reset went unanswered, so the cluster may hold the new secret: check it "
+                "(nothing was removed; Key Vault version tagged state=uncertain)",
+                cleanup=False,
+            )
         # AKS semantics: a failed reset leaves the cluster on its old secret.
-        raise _Failure(
-            f"verify: the AKS operation ended {result.status}: {result.error or 'no detail'}", cleanup=not certificates
-        )
+        raise _Failure(detail, cleanup=not certificates)
     if result.status != "Succeeded":
         delay = run.settings.lro_poll_seconds
         await run.requeue(delay, state="running", detail="AKS operation in progress")
@@ -988,9 +1016,9 @@ async def _fail(run: _Run, failure: _Failure) -> _Result:
     reason = failure.reason if failure.reason.startswith(phase) else f"{phase}: {failure.reason}"
     # Never clean up once the cluster may hold the new secret (finish, retire): that would break it.
     if failure.cleanup and phase in _CLEANUP_SAFE and run.row.kind == CredentialKind.SP_SECRET.value:
-        await run.save(step=f"cleanup:{phase}", failure_reason=reason, state="running")
+        await run.save(step=f"cleanup:{phase}", failure_reason=redact(reason), state="running")
         return await _step_cleanup(run)
-    await run.save(state="failed", failure_reason=reason, not_before=None)
+    await run.save(state="failed", failure_reason=redact(reason), not_before=None)
     await _alert_failed(run, reason)
     return _Done("failed")
 

@@ -150,7 +150,8 @@ def check_invariants(state: dict[str, Any], records: dict[str, RotationRecord], 
     referenced = set(held)
     for versions in vault.values():
         for version in versions:
-            if version["tags"].get("state") in ("current", "previous"):
+            # "uncertain": kept on purpose (the cluster may hold it), tracked in Key Vault and alerted.
+            if version["tags"].get("state") in ("current", "previous", "uncertain"):
                 referenced.add(version["tags"].get("key-id"))
     in_flight = {rid for rid, r in records.items() if not r.terminal}
     for app in state["applications"]:
@@ -169,7 +170,8 @@ def check_invariants(state: dict[str, Any], records: dict[str, RotationRecord], 
     for rid, record in records.items():
         if record.state == "failed":
             assert record.failure_reason, rid
-            assert rid not in rotation_ids_in(state) or _held_by_cluster(state, record), f"failed {rid} leaked"
+            kept = record.new_key_id in referenced and "nothing was removed" in (record.failure_reason or "")
+            assert rid not in rotation_ids_in(state) or _held_by_cluster(state, record) or kept, f"failed {rid} leaked"
         if newest.get(record.cluster_id.lower()) is record:
             cluster = next(c for c in state["clusters"] if c["id"].lower() == record.cluster_id.lower())
             current = [
