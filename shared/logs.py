@@ -333,7 +333,8 @@ def configure_logging(
             elif handler.stream is not target:
                 handler.setStream(target)
             handler.setFormatter(JsonFormatter() if json_output else logging.Formatter(_TEXT_FORMAT))
-        for each in root.handlers:
+        # Root handlers, and those an exporter put on the product's own logger (Azure Monitor uses "shared").
+        for each in (*root.handlers, *logging.getLogger("shared").handlers):
             _install_redactor(each)
         if logging.lastResort is not None:
             _install_redactor(logging.lastResort)

@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.trace import Status, StatusCode
 
+from shared.logs import redact
 from shared.settings import Settings
 
 _tracer = trace.get_tracer("aks_credential_rotator")
@@ -47,9 +49,18 @@ def configure(settings: Settings) -> bool:
 
 @contextmanager
 def span(name: str, **attributes: str | int | float | bool) -> Iterator[Any]:
-    """A trace span; pass `rotation_id=` so every step of one rotation correlates."""
-    with _tracer.start_as_current_span(name, attributes=attributes) as current:
-        yield current
+    """A trace span; pass `rotation_id=` so every step of one rotation correlates.
+
+    An escaping exception is recorded by type and redacted message only (OpenTelemetry's own exception event
+    would export `str(exc)` and the stack unfiltered)."""
+    with _tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as current:
+        try:
+            yield current
+        except BaseException as exc:
+            current.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {redact(str(exc))[:200]}"))
+            raise
 
 
 def days_to_expiry(days: float, *, kind: str, cluster: str) -> None:

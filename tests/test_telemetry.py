@@ -87,3 +87,20 @@ def test_spans_and_metrics_for_a_scan_and_its_rotations(
     )
     leaked = [secret for secret in emulator.canaries() if secret in everything]
     assert leaked == []
+
+
+def test_a_failing_span_exports_the_error_type_and_a_redacted_message_only() -> None:
+    import pytest
+
+    from shared import telemetry
+    from shared.logs import register_secret
+
+    canary = "canary-span~5f1d0c9e7a"
+    register_secret(canary)
+    SPANS.clear()
+    with pytest.raises(RuntimeError), telemetry.span("rotation.test", rotation_id="r1"):
+        raise RuntimeError(f"AKS said no to {canary}")
+    (span,) = SPANS.get_finished_spans()
+    assert span.status.description == "RuntimeError: AKS said no to ***"
+    assert span.events == () or all(e.name != "exception" for e in span.events)
+    assert canary not in span.to_json()
