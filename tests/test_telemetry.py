@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -15,7 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, settings_env
-from shared import discovery, rotation
+from shared import discovery, rotation, telemetry
+from shared.logs import register_secret
 from shared.settings import Settings
 from tests.plugins.azurite import StorageNames
 
@@ -90,11 +92,6 @@ def test_spans_and_metrics_for_a_scan_and_its_rotations(
 
 
 def test_a_failing_span_exports_the_error_type_and_a_redacted_message_only() -> None:
-    import pytest
-
-    from shared import telemetry
-    from shared.logs import register_secret
-
     canary = "canary-span~5f1d0c9e7a"
     register_secret(canary)
     SPANS.clear()
