@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -134,11 +133,9 @@ def test_quota_exhaustion_waits_for_the_reset(emulator: EmulatorControl, emu_set
         waits.append(seconds)
         await asyncio.sleep(seconds)
 
-    started = time.monotonic()
     clusters = _query(emu_settings, sleep=sleep)
     assert len(clusters) == 2500
     assert len(waits) == 2 and all(0 < w <= 1 for w in waits)
-    assert time.monotonic() - started < 10
     assert emulator.requests()["resourcegraph.resources"] == 3  # no 429 was needed
 
 
