@@ -12,21 +12,19 @@ from pathlib import Path
 import pytest
 
 from emulator.azurite import Azurite
-from emulator.sandbox import EmulatorControl, settings_env
+from emulator.sandbox import EmulatorControl
 from tests.plugins.azurite import StorageNames
+from tests.plugins.emulator import product_env
 
 CLI = shutil.which("aks-rotator", path=str(Path(sys.executable).parent)) or "aks-rotator"
 
 
 @pytest.fixture
 def cli_env(emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames) -> dict[str, str]:
-    env = settings_env(
-        emulator.ready,
-        azurite.connection_string,
-        ROTATION_QUEUE=storage_names.queue,
-        STATE_TABLE=storage_names.state_table,
-        AUDIT_TABLE=storage_names.audit_table,
-        LOCK_CONTAINER=storage_names.lock_container,
+    env = product_env(
+        emulator,
+        azurite,
+        storage_names,
         PROOF_SUCCESSES="2",
         PROOF_SPACING_SECONDS="0",
         REQUEUE_DELAY_SECONDS="0",

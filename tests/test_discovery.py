@@ -25,6 +25,7 @@ from shared.settings import Settings
 from shared.store import RotationStore
 from shared.vault import VaultStore, secret_name_for
 from tests.plugins.azurite import StorageNames
+from tests.plugins.emulator import product_env
 
 NOW = datetime.now(UTC)
 FAST = {"retry_backoff_factor": 0.05, "retry_backoff_max": 1}
@@ -32,13 +33,10 @@ FAST = {"retry_backoff_factor": 0.05, "retry_backoff_max": 1}
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 def _settings(emulator: EmulatorControl, azurite: Azurite, names: StorageNames, **overrides: str) -> Settings:
-    env = settings_env(
-        emulator.ready,
-        azurite.connection_string,
-        ROTATION_QUEUE=names.queue,
-        STATE_TABLE=names.state_table,
-        AUDIT_TABLE=names.audit_table,
-        LOCK_CONTAINER=names.lock_container,
+    env = product_env(
+        emulator,
+        azurite,
+        names,
         LOG_LEVEL="WARNING",
     )
     env.update(overrides)

@@ -21,9 +21,10 @@ from azure.storage.queue import QueueClient
 
 from emulator import estate
 from emulator.azurite import Azurite
-from emulator.sandbox import EmulatorControl, settings_env
+from emulator.sandbox import EmulatorControl
 from shared import runtime
 from tests.plugins.azurite import StorageNames
+from tests.plugins.emulator import product_env
 
 FAST = {
     "PROOF_SUCCESSES": "2",
@@ -102,13 +103,10 @@ def test_host_json_queue_settings_match_the_worker() -> None:
 def app_env(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
-    env = settings_env(
-        emulator.ready,
-        azurite.connection_string,
-        ROTATION_QUEUE=storage_names.queue,
-        STATE_TABLE=storage_names.state_table,
-        AUDIT_TABLE=storage_names.audit_table,
-        LOCK_CONTAINER=storage_names.lock_container,
+    env = product_env(
+        emulator,
+        azurite,
+        storage_names,
         **FAST,
     )
     for key, value in env.items():

@@ -18,7 +18,7 @@ import pytest
 
 from emulator import estate as estates
 from emulator.azurite import Azurite
-from emulator.sandbox import EmulatorControl, settings_env
+from emulator.sandbox import EmulatorControl
 from shared import rotation
 from shared.messages import CredentialKind, RotationMessage, new_rotation_message
 from shared.queues import RotationQueues
@@ -28,6 +28,7 @@ from shared.store import RotationRecord, RotationStore
 from shared.vault import secret_name_for
 from shared.windows import SettingWindow, effective_windows, is_open, next_open
 from tests.plugins.azurite import StorageNames
+from tests.plugins.emulator import product_env
 
 FAST = {
     "PROOF_SPACING_SECONDS": "0",
@@ -41,13 +42,10 @@ FAST = {
 
 # -- helpers (shared with the fault tests) ---------------------------------------------------------------------
 def make_settings(emulator: EmulatorControl, azurite: Azurite, names: StorageNames, **overrides: str) -> Settings:
-    env = settings_env(
-        emulator.ready,
-        azurite.connection_string,
-        ROTATION_QUEUE=names.queue,
-        STATE_TABLE=names.state_table,
-        AUDIT_TABLE=names.audit_table,
-        LOCK_CONTAINER=names.lock_container,
+    env = product_env(
+        emulator,
+        azurite,
+        names,
         **{**FAST, **overrides},
     )
     return Settings.from_env(env)

@@ -15,11 +15,12 @@ import pytest
 
 from emulator import estate
 from emulator.azurite import Azurite
-from emulator.sandbox import EmulatorControl, settings_env
+from emulator.sandbox import EmulatorControl
 from shared import discovery, rotation
 from shared.rotation import DISPLAY_NAME_PREFIX
 from shared.settings import Settings
 from tests.plugins.azurite import StorageNames
+from tests.plugins.emulator import product_env
 
 CLI = shutil.which("aks-rotator", path=str(Path(sys.executable).parent)) or "aks-rotator"
 WORKERS = 4
@@ -41,13 +42,10 @@ def test_four_workers_rotate_every_due_cluster_exactly_once(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
     emulator.reset(_all_due(estate.generate(clusters=580, subscriptions=8, seed=11)))
-    env = settings_env(
-        emulator.ready,
-        azurite.connection_string,
-        ROTATION_QUEUE=storage_names.queue,
-        STATE_TABLE=storage_names.state_table,
-        AUDIT_TABLE=storage_names.audit_table,
-        LOCK_CONTAINER=storage_names.lock_container,
+    env = product_env(
+        emulator,
+        azurite,
+        storage_names,
         URGENT_DAYS="15",
         THRESHOLD_DAYS="30",
         MAX_ROTATIONS_PER_RUN="1000",

@@ -15,11 +15,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from emulator.azurite import Azurite
-from emulator.sandbox import EmulatorControl, settings_env
+from emulator.sandbox import EmulatorControl
 from shared import discovery, rotation, telemetry
 from shared.logs import register_secret
 from shared.settings import Settings
 from tests.plugins.azurite import StorageNames
+from tests.plugins.emulator import product_env
 
 SPANS = InMemorySpanExporter()
 METRICS = InMemoryMetricReader()
@@ -43,13 +44,10 @@ def test_spans_and_metrics_for_a_scan_and_its_rotations(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
     settings = Settings.from_env(
-        settings_env(
-            emulator.ready,
-            azurite.connection_string,
-            ROTATION_QUEUE=storage_names.queue,
-            STATE_TABLE=storage_names.state_table,
-            AUDIT_TABLE=storage_names.audit_table,
-            LOCK_CONTAINER=storage_names.lock_container,
+        product_env(
+            emulator,
+            azurite,
+            storage_names,
             PROOF_SUCCESSES="1",
             PROOF_SPACING_SECONDS="0",
             REQUEUE_DELAY_SECONDS="0",

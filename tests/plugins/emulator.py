@@ -8,8 +8,10 @@ import pytest
 from azure.keyvault.secrets._shared import http_challenge_cache
 
 from emulator import estate
+from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, EmulatorProcess, settings_env
 from shared.settings import Settings
+from tests.plugins.azurite import StorageNames
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +36,16 @@ def emulator(emulator_process: EmulatorProcess) -> EmulatorControl:
 def emu_settings(emulator: EmulatorControl) -> Settings:
     """Settings pointing every Azure client at the emulator (storage left at a placeholder)."""
     return Settings.from_env(settings_env(emulator.ready, "UseDevelopmentStorage=true"))
+
+
+def product_env(emulator: EmulatorControl, azurite: Azurite, names: StorageNames, **overrides: str) -> dict[str, str]:
+    """The product's app settings on the emulator and Azurite, with this test's own queue, tables and container."""
+    return settings_env(
+        emulator.ready,
+        azurite.connection_string,
+        ROTATION_QUEUE=names.queue,
+        STATE_TABLE=names.state_table,
+        AUDIT_TABLE=names.audit_table,
+        LOCK_CONTAINER=names.lock_container,
+        **overrides,
+    )
