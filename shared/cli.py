@@ -123,16 +123,20 @@ def _scan_table(report: discovery.ScanReport) -> Table:
     return table
 
 
-@app.command()
-def scan(as_json: JsonOpt = False, dry_run: DryRunOpt = False) -> None:
-    """Find credentials nearing expiry in every visible subscription and queue their rotation."""
-    settings = _settings()
+def _scan(settings: Settings, as_json: bool, dry_run: bool) -> discovery.ScanReport:
+    """The scan with a progress bar; a DiscoveryError (e.g. missing rights) ends the command with exit 1."""
     with _progress(not as_json) as progress:
         try:
-            report = _run(discovery.scan(settings, dry_run=dry_run, progress=progress))
+            return _run(discovery.scan(settings, dry_run=dry_run, progress=progress))
         except discovery.DiscoveryError as exc:
             err.print(f"[red]scan failed:[/red] {redact(str(exc))}")
             raise typer.Exit(EXIT_FAILURE) from None
+
+
+@app.command()
+def scan(as_json: JsonOpt = False, dry_run: DryRunOpt = False) -> None:
+    """Find credentials nearing expiry in every visible subscription and queue their rotation."""
+    report = _scan(_settings(), as_json, dry_run)
     if as_json:
         emit_json(report.to_json())
     else:
@@ -194,12 +198,7 @@ def run(
         err.print("only `run --once` is supported locally; in Azure the timer and queue triggers run it")
         raise typer.Exit(EXIT_INPUT)
     settings = _settings()
-    with _progress(not as_json) as progress:
-        try:
-            report = _run(discovery.scan(settings, dry_run=dry_run, progress=progress))
-        except discovery.DiscoveryError as exc:
-            err.print(f"[red]scan failed:[/red] {redact(str(exc))}")
-            raise typer.Exit(EXIT_FAILURE) from None
+    report = _scan(settings, as_json, dry_run)
     if not as_json:
         out.print(_scan_table(report))
     if dry_run:
