@@ -46,7 +46,7 @@ async def status_summary(settings: Settings) -> ApiResponse:
                     "kind": r.kind,
                     "expiresOn": r.observed_expiry.isoformat() if r.observed_expiry else None,
                     "state": r.state,
-                    "step": r.step,
+                    "step": r.progress,
                 }
                 for r in upcoming[:NEXT_EXPIRIES]
             ],

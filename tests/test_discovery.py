@@ -17,8 +17,7 @@ from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, settings_env
 from shared import discovery
 from shared.azure import product_credential
-from shared.discovery import DiscoveryError, Finding, ScanReport, credential_in_use
-from shared.graph import AppCredentials, PasswordInfo
+from shared.discovery import DiscoveryError, Finding, ScanReport
 from shared.messages import parse_message
 from shared.queues import RotationQueues
 from shared.settings import Settings
@@ -213,29 +212,7 @@ def test_expired_secret_reason(emulator: EmulatorControl, settings: Settings) ->
     assert payments.reason == "expired" and payments.days_left is not None and payments.days_left < 0
 
 
-# -- which secret the cluster uses -----------------------------------------------------------------------------
-def _password(key: str, days: float | None) -> PasswordInfo:
-    return PasswordInfo(key, None, None, None if days is None else NOW + timedelta(days=days), None)
-
-
-def test_credential_in_use_rules() -> None:
-    app = AppCredentials(
-        "a",
-        "app-obj",
-        "sp-obj",
-        (_password("k1", 5), _password("k2", 90)),
-        (_password("k3", -2), _password("k4", None)),
-    )
-    assert credential_in_use(app, None, NOW) == ("application", app.application_passwords[0], "earliest")
-    assert credential_in_use(app, "K2", NOW) == ("application", app.application_passwords[1], "keyvault")
-    # Key Vault names a key the app no longer has: back to the earliest rule.
-    assert credential_in_use(app, "gone", NOW) == ("application", app.application_passwords[0], "earliest")
-    expired = AppCredentials("a", "o", None, (_password("x", -3), _password("y", -1)), ())
-    assert credential_in_use(expired, None, NOW) == ("application", expired.application_passwords[0], "earliest")
-    # Passwords on an object the product cannot see do not count; no password at all: None.
-    assert credential_in_use(AppCredentials("a", None, None, (_password("z", 1),), ()), None, NOW) is None
-
-
+# -- which secret the cluster uses (the pure rule: tests/unit/test_credentials.py) ------------------------
 def test_key_vault_decides_when_the_product_rotated(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:

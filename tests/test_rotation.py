@@ -161,7 +161,7 @@ def check_invariants(state: dict[str, Any], records: dict[str, RotationRecord], 
             assert password["keyId"] in referenced or rid in in_flight, f"leaked password of rotation {rid}"
     newest: dict[str, RotationRecord] = {}
     for record in records.values():
-        if record.state == "succeeded" and record.step == "done" and record.kind == "sp_secret":
+        if record.state == "succeeded" and record.phase == "done" and record.kind == "sp_secret":
             key = record.cluster_id.lower()
             if key not in newest or record.created_at > newest[key].created_at:
                 newest[key] = record
@@ -258,7 +258,7 @@ def test_not_due_is_untouched(rot: Settings, emulator: EmulatorControl) -> None:
     assert after["applications"] == before["applications"]
     assert after["vaults"] == before["vaults"]
     record = asyncio.run(rows(rot))[message.rotation_id]
-    assert (record.state, record.step) == ("succeeded", "skipped")
+    assert (record.state, record.phase) == ("succeeded", "skipped")
 
 
 def test_outside_window_waits_unless_urgent(
@@ -281,7 +281,7 @@ def test_outside_window_waits_unless_urgent(
     assert records[urgent.rotation_id].state == "succeeded"
     assert any(getattr(r, "event", None) == "rotation.urgent" and getattr(r, "alert", False) for r in caplog.records)
     late = records[waiting.rotation_id]
-    assert late.state == "waiting" and late.step.startswith("apply")
+    assert late.state == "waiting" and late.phase.startswith("apply")
     assert late.not_before is not None and late.not_before > now + timedelta(hours=1)
     after = emulator.state()
     assert cluster_by_name(after, "aks-checkout")["heldKeyId"] == cluster_by_name(state, "aks-checkout")["heldKeyId"]

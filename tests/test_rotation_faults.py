@@ -122,7 +122,7 @@ def test_crash_at_every_step_boundary_resumes(emulator: EmulatorControl, azurite
     settings, _before, after, messages = scenario(emulator, azurite, [BOUNDARY_FAULTS[fault]])
     records = asyncio.run(rows(settings))
     assert {records[m.rotation_id].state for m in messages} == {"succeeded"}, [
-        (r.step, r.failure_reason) for r in records.values()
+        (r.phase, r.failure_reason) for r in records.values()
     ]
     check_invariants(after, records)
     # Exactly one new password per rotation survived, and it is the one the cluster holds.
