@@ -90,7 +90,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int, int], None] | None]:
     """A progress bar on stderr when a person watches it, fed by `progress(stage, done, total)` callbacks."""
-    if not err.is_terminal:
+    if not console.wants_console(sys.stderr):
         yield None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
