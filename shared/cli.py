@@ -187,13 +187,13 @@ def _drain_and_report(
         extra = {"scan": scanned.to_json()} if scanned is not None else {}
         emit_json({"schema_version": JSON_SCHEMA_VERSION, **extra, "drain": reports, "rotations": found})
     else:
+        shown = found if everything else views.status_attention(found)
         if scanned is not None:
             _print_scan(scanned, found, "aks-rotator run --once", everything)
         else:
-            out.print(views.status_panel(found, len(views.status_attention(found))))
-        listed = found if everything else views.status_attention(found)
-        if listed:
-            out.print(views.status_table(listed, "Rotations" if everything else "Rotations failed or in flight"))
+            out.print(views.status_panel(found, len(shown), everything))
+        if shown:
+            out.print(views.status_table(shown, "Rotations" if everything else "Rotations failed or in flight"))
     raise typer.Exit(EXIT_ROTATION_FAILED if any(v.state == "failed" for v in found) else EXIT_OK)
 
 
@@ -291,7 +291,7 @@ def status(
         emit_json(found)
         return
     listed = found if (everything or rotation_id) else views.status_attention(found)
-    out.print(views.status_panel(found, len(listed)))
+    out.print(views.status_panel(found, len(listed), everything or rotation_id is not None))
     if audit and rotation_id is None:
         listed = [detail for v in listed for detail in _run(rotation.status(settings, v.rotation_id))]
     if listed:

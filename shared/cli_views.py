@@ -141,14 +141,15 @@ def errors_block(errors: Sequence[str], everything: bool) -> RenderableType:
     return Group(*lines)
 
 
-def status_panel(rows: Sequence[estate.RotationRow], listed: int) -> Panel:
+def status_panel(rows: Sequence[estate.RotationRow], listed: int, everything: bool = False) -> Panel:
     grid = _grid()
     clusters = len({row.cluster_id.lower() for row in rows})
     grid.add_row("rotations", f"{len(rows):,} on {clusters:,} clusters")
     grid.add_row("states", rotation_counts(rows))
     oldest = min((row for row in rows if row.state not in ("succeeded", "failed")), default=None, key=_created)
     grid.add_row("oldest in flight", f"{oldest.rotation_id[:12]} since {when(oldest.created_at)}" if oldest else "-")
-    grid.add_row("listed", f"{listed:,} (failed and in flight; --all lists every rotation)")
+    which = "every rotation" if everything else "failed and in flight; --all lists every rotation"
+    grid.add_row("listed", f"{listed:,} ({which})")
     return Panel(grid, title="aks-rotator status", title_align="left", expand=False)
 
 
