@@ -30,9 +30,10 @@ from shared import console, discovery, events, permissions, report_html, rotatio
 from shared import report as estate
 from shared.azure import product_credential
 from shared.logs import redact
+from shared.record import RotationRecord
 from shared.runtime import settings as load_settings
 from shared.settings import Settings, SettingsError
-from shared.store import RotationRecord, RotationStore
+from shared.store import RotationStore
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_DUE, EXIT_ROTATION_FAILED = 0, 1, 2, 3, 4
 

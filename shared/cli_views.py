@@ -169,7 +169,7 @@ def status_table(views: Sequence[Any], title: str = "Rotations") -> Table:
         table.add_column(column, overflow="fold")
     for v in views:
         updated = when(v.updated_at) if isinstance(v.updated_at, datetime) else str(v.updated_at)
-        cells = (v.rotation_id[:12], v.cluster_id.rsplit("/", 1)[-1], v.kind, v.state, v.step, updated)
+        cells = (v.rotation_id[:12], v.cluster_id.rsplit("/", 1)[-1], v.kind, v.state, v.progress, updated)
         table.add_row(
             *(Text(cell) for cell in cells),
             Text(redact(v.failure_reason or "")),

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-from shared import telemetry
+from shared import clock, telemetry
 from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound
 from shared.azure import GRAPH_AUDIENCE, product_credential, secret_client
 from shared.cluster_tags import certificates_opted_in, opted_out
@@ -642,7 +642,7 @@ async def _queue(
     if not candidates:
         return findings
     from shared import rotation  # late import: rotation imports a lot and is not needed for reporting
-    from shared.queues import RotationQueues
+    from shared.queues import open_queues
     from shared.store import RotationStore
 
     out = list(findings)
@@ -652,7 +652,7 @@ async def _queue(
         store = await stack.enter_async_context(RotationStore(run.settings, credential))
         queues = None
         if not dry_run:
-            queues = await stack.enter_async_context(RotationQueues(run.settings, credential))
+            queues = await stack.enter_async_context(open_queues(run.settings, credential))
             await store.ensure()
             await queues.ensure()
         states, active = await _existing_rows(store)
@@ -724,7 +724,7 @@ async def scan(
 
     `sdk_kwargs` go to the ARM, Resource Graph and Key Vault SDK clients (tests pass `retry_backoff_factor`)."""
     started = time.perf_counter()
-    run = _Run(settings, (now or datetime.now(UTC)).astimezone(UTC), progress)
+    run = _Run(settings, (now or clock.now()).astimezone(UTC), progress)
     correlation_id = new_correlation_id()
     kwargs = dict(sdk_kwargs or {})
     async with contextlib.AsyncExitStack() as stack:

@@ -27,7 +27,6 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -36,6 +35,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.identity.aio import AzureCliCredential
 from kiota_abstractions.api_error import APIError
 
+from shared import clock
 from shared.aks import (
     AksClient,
     AksError,
@@ -607,7 +607,7 @@ async def _check_vault(
             error = failed(CHECK_VAULT_WRITE, KV_SET, exc)
         else:
             try:
-                checked = {**tags, "checked": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                checked = {**tags, "checked": clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")}
                 await client.update_secret_properties(PROBE_SECRET, stored.properties.version, tags=checked)
             except AzureError as exc:
                 error = failed(CHECK_VAULT_WRITE, KV_UPDATE, exc)

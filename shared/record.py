@@ -16,6 +16,7 @@ from typing import Any, Literal
 from azure.data.tables import TableEntity
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from shared import clock
 from shared.messages import CredentialKind
 
 ROTATION_PARTITION = "rotation"
@@ -53,10 +54,6 @@ class Phase(enum.StrEnum):
     CLEANUP = "cleanup"
     DONE = "done"
     SKIPPED = "skipped"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def as_utc(value: datetime) -> datetime:
@@ -98,8 +95,8 @@ class RotationRecord(BaseModel):
     failure_reason: str | None = None
     attempts: int = Field(default=0, ge=0)
     correlation_id: str = ""
-    created_at: AwareDatetime = Field(default_factory=utcnow)
-    updated_at: AwareDatetime = Field(default_factory=utcnow)
+    created_at: AwareDatetime = Field(default_factory=clock.now)
+    updated_at: AwareDatetime = Field(default_factory=clock.now)
     etag: str | None = None
 
     @field_validator("rotation_id")

@@ -133,7 +133,7 @@ def _failures(rows: Sequence[estate.RotationRow], runbook: str) -> str:
         return '<p class="muted" id="no-failures">No open failures.</p>'
     body = "".join(
         f'<tr class="failure"><td><code>{_e(r.rotation_id[:12])}</code></td><td>{_e(r.cluster_id.rsplit("/", 1)[-1])}'
-        f"</td><td>{_e(r.kind)}</td><td>{_e(r.step)}</td><td>{r.updated_at:%Y-%m-%d %H:%M}</td>"
+        f"</td><td>{_e(r.kind)}</td><td>{_e(r.progress)}</td><td>{r.updated_at:%Y-%m-%d %H:%M}</td>"
         f'<td class="err">{_e(r.failure_reason or "")}</td>'
         f'<td><a href="{escape(runbook)}#{estate.runbook_anchor(r)}">runbook</a></td></tr>'
         for r in failed

@@ -16,7 +16,6 @@ import contextlib
 import json
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,8 +26,9 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from shared import clock
 from shared.azure import StorageResource, table_service
-from shared.record import ROTATION_PARTITION, RotationRecord, RotationState, as_utc, check_key, utcnow
+from shared.record import ROTATION_PARTITION, RotationRecord, RotationState, as_utc, check_key
 from shared.settings import Settings
 
 REJECTED_PARTITION = "rejected"
@@ -90,7 +90,7 @@ class _Clock:
 
     def next(self) -> int:
         with self._lock:
-            now = time.time_ns() // 1000
+            now = int(clock.now().timestamp() * 1_000_000)
             self._last = now if now > self._last else self._last + 1
             return self._last
 
@@ -141,7 +141,7 @@ class RotationStore(StorageResource):
 
     async def create(self, record: RotationRecord) -> RotationRecord:
         """Insert a new row; `AlreadyExists` if the rotation id is taken. Returns the record with its ETag."""
-        now = utcnow()
+        now = clock.now()
         stored = record.model_copy(update={"updated_at": now, "etag": None})
         try:
             meta = await self._state.create_entity(stored.to_entity())
@@ -156,7 +156,7 @@ class RotationStore(StorageResource):
         """
         if record.etag is None:
             raise ValueError("save() needs a record read from the store (it has no ETag); use create()")
-        stored = record.model_copy(update={"updated_at": utcnow()})
+        stored = record.model_copy(update={"updated_at": clock.now()})
         try:
             meta = await self._state.update_entity(
                 stored.to_entity(),

@@ -11,6 +11,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared import clock
 from shared.locks import ClusterLease
 from shared.logs import log_event, redact
 from shared.messages import RotationMessage
@@ -37,7 +38,7 @@ class Delivery:
         return self.row.rotation_id
 
     def now(self) -> datetime:
-        return self.deps.clock()
+        return clock.now()
 
     async def save(self, **updates: Any) -> RotationRecord:
         self.row = await self.deps.store.save(self.row.model_copy(update=updates))

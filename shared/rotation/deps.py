@@ -7,7 +7,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -16,16 +15,12 @@ from shared.aks import AksClient, ClusterInfo
 from shared.azure import product_credential
 from shared.graph import GraphOps
 from shared.locks import ClusterLocks
-from shared.queues import RotationQueues
+from shared.queues import RotationQueues, open_queues
 from shared.settings import Settings
 from shared.store import RotationStore
 from shared.vault import VaultStore
 
 INVENTORY_TTL_SECONDS = 60
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -38,7 +33,6 @@ class Deps:
     store: RotationStore
     queues: RotationQueues
     locks: ClusterLocks
-    clock: Callable[[], datetime] = _utcnow
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     proof_kwargs: dict[str, Any] = field(default_factory=lambda: {"retry_total": 0})
     _product_sp: str | None = None
@@ -53,7 +47,6 @@ class Deps:
         *,
         sdk_kwargs: dict[str, Any] | None = None,
         graph_attempts: int = 4,
-        clock: Callable[[], datetime] | None = None,
         ensure: bool = True,
     ) -> AsyncIterator[Deps]:
         """Open every client the engine uses; `sdk_kwargs` go to the ARM and Key Vault SDK clients (tests use
@@ -66,9 +59,9 @@ class Deps:
             aks = await stack.enter_async_context(AksClient(settings, credential, **kwargs))
             vault = await stack.enter_async_context(VaultStore(settings, credential, **kwargs))
             store = await stack.enter_async_context(RotationStore(settings, credential))
-            queues = await stack.enter_async_context(RotationQueues(settings, credential))
+            queues = await stack.enter_async_context(open_queues(settings, credential))
             locks = await stack.enter_async_context(ClusterLocks(settings, credential))
-            deps = cls(settings, credential, graph, aks, vault, store, queues, locks, clock=clock or _utcnow)
+            deps = cls(settings, credential, graph, aks, vault, store, queues, locks)
             if ensure:
                 await deps.ensure()
             yield deps

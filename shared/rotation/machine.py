@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from shared import edge, telemetry
+from shared import clock, edge, telemetry
 from shared.locks import ClusterLease, LockBusy
 from shared.logs import alert, log_event, redact
 from shared.messages import CredentialKind, InvalidInput, RotationMessage, check_allowed, parse_message
@@ -163,7 +163,7 @@ async def _deliver(deps: Deps, message: RotationMessage, lease: ClusterLease, de
         try:
             if message.attempt > row.attempts:
                 await run.save(attempts=message.attempt)
-            now = deps.clock()
+            now = clock.now()
             if message.not_before is not None and message.not_before > now + EARLY_TOLERANCE:
                 # Delivered early (a wait longer than the queue's 7-day visibility cap): wait the rest.
                 delay = int((message.not_before - now).total_seconds()) + 1

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
+from shared import clock
 from shared.aks import AksClient
 from shared.azure import product_credential
 from shared.credentials import passwords
 from shared.graph import GraphOps
 from shared.messages import CredentialKind, RotationMessage, new_rotation_message, parse_cluster_id, rotation_id_for
-from shared.queues import RotationQueues
+from shared.queues import RotationQueues, open_queues
 from shared.record import RotationState
 from shared.rotation.machine import record_for
 from shared.settings import Settings
@@ -29,10 +30,6 @@ class SubmitResult:
     status: Literal["queued", "duplicate", "already_active", "dry_run"]
     detail: str
     message_id: str | None = None
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def retry_id(message: RotationMessage, now: datetime) -> str:
@@ -57,13 +54,13 @@ async def submit(
                 store = await stack.enter_async_context(RotationStore(settings, credential))
                 await store.ensure()
             if queues is None:
-                queues = await stack.enter_async_context(RotationQueues(settings, credential))
+                queues = await stack.enter_async_context(open_queues(settings, credential))
                 await queues.ensure()
         kind = message.kind.value
         existing = await store.get(message.rotation_id)
         if existing is not None and existing.state is RotationState.FAILED and message.reason in RETRIED_REASONS:
             # A failed rotation alerted; the credential still expires. Try again, at most once per UTC day.
-            message = message.model_copy(update={"rotation_id": retry_id(message, _utcnow())})
+            message = message.model_copy(update={"rotation_id": retry_id(message, clock.now())})
             existing = await store.get(message.rotation_id)
         if existing is not None:
             return SubmitResult(

@@ -27,7 +27,7 @@ class RotationView:
     kind: str
     app_id: str | None
     state: str
-    step: str
+    progress: str
     reason: str
     failure_reason: str | None
     not_before: datetime | None
@@ -63,7 +63,7 @@ def view(row: RotationRecord, trail: Sequence[AuditRow] = ()) -> RotationView:
         kind=str(row.kind),
         app_id=row.app_id,
         state=str(row.state),
-        step=row.progress,
+        progress=row.progress,
         reason=row.reason,
         failure_reason=row.failure_reason,
         not_before=row.not_before,
