@@ -10,7 +10,6 @@ the emulator clock. A reset never keeps the secret: it is hashed the moment the 
 from __future__ import annotations
 
 import base64
-import fnmatch
 import hashlib
 import math
 import uuid
@@ -24,9 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from emulator.server import Emulator, Reply, emulator_of, error, json_body, throttled
-from emulator.state import Cluster, Estate, MaintenanceWindow, Operation, iso, secret_hash
+from emulator.core import Emulator, emulator_of
+from emulator.model import Cluster, Estate, MaintenanceWindow, Operation, iso, secret_hash
+from emulator.rbac import authorization_failed, can, visible_subscriptions
 from emulator.tokens import Claims
+from emulator.wire import Reply, error, json_body, throttled
 
 PROVIDER = "Microsoft.ContainerService"
 CLUSTER_TYPE = "Microsoft.ContainerService/ManagedClusters"
@@ -37,10 +38,6 @@ CLUSTER = CLUSTERS + "/{name}"
 OPERATIONS = SUB + "/providers/Microsoft.ContainerService/locations/{location}"
 MAX_SECRET_BYTES = 190
 CA_LIFETIME = timedelta(days=365 * 30)
-AUTH_FAILED = (
-    "The client '{app}' with object id '{oid}' does not have authorization to perform action '{action}' over scope "
-    "'{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials."
-)
 INVALID_SP = (
     "The credentials in ServicePrincipalProfile were invalid. Please see https://aka.ms/aks-sp-help for more details. "
     "(Details: adal: Refresh request failed. Status Code = '401'. Response body: "
@@ -52,41 +49,6 @@ BUSY = (
 )
 
 Handler = Callable[[web.Request, "Call"], Awaitable[web.Response]]
-
-
-# -- authorization ---------------------------------------------------------------------------------------------
-def _under(scope: str, assigned: str) -> bool:
-    scope = scope.lower().rstrip("/")
-    return scope == assigned or scope.startswith(assigned + "/")
-
-
-def can(estate: Estate, principal: str, action: str, scope: str) -> bool:
-    """True if some role assignment of `principal` covers `scope` (prefix) with an action matching `action`."""
-    wanted = action.lower()
-    for ra in estate.role_assignments:
-        if ra.principal.lower() != principal.lower() or not _under(scope, ra.scope):
-            continue
-        if any(fnmatch.fnmatchcase(wanted, pattern.lower()) for pattern in ra.actions):
-            return True
-    return False
-
-
-def authorization_failed(surface: str, claims: Claims, action: str, scope: str) -> web.Response:
-    message = AUTH_FAILED.format(app=claims.app_id, oid=claims.object_id, action=action, scope=scope)
-    return error(surface, 403, "AuthorizationFailed", message)
-
-
-def visible_subscriptions(estate: Estate, principal: str) -> list[str]:
-    """Subscriptions of the estate on (or under) which the principal has any role assignment."""
-    result = []
-    for sub in estate.subscriptions:
-        scope = f"/subscriptions/{sub}".lower()
-        if any(
-            ra.principal.lower() == principal.lower() and (_under(scope, ra.scope) or _under(ra.scope, scope))
-            for ra in estate.role_assignments
-        ):
-            result.append(sub)
-    return result
 
 
 # -- resource shapes -------------------------------------------------------------------------------------------

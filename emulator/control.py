@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from emulator.core import emulator_of
 from emulator.faults import FaultRule
-from emulator.server import emulator_of
 
 
 def _bad(message: str) -> web.Response:

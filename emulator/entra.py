@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from emulator.server import AUDIENCES, Reply, emulator_of, error
+from emulator.core import emulator_of
+from emulator.wire import AUDIENCES, Reply, error
 
 SCOPES = {f"{aud}/.default": aud for aud in set(AUDIENCES.values())}
 

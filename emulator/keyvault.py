@@ -20,10 +20,11 @@ from typing import Any
 
 from aiohttp import web
 
+from emulator.core import Emulator, emulator_of
 from emulator.faults import TokenBucket
-from emulator.server import Emulator, Reply, emulator_of, json_body, throttled
-from emulator.state import Estate, SecretVersion, Vault, secret_hash
+from emulator.model import Estate, SecretVersion, Vault, secret_hash
 from emulator.tokens import Claims
+from emulator.wire import Reply, json_body, throttled
 
 SURFACE = "keyvault"
 NAME_RE = re.compile(r"[0-9a-zA-Z-]{1,127}")

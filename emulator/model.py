@@ -7,20 +7,13 @@ which is all the token endpoint needs to accept or refuse it. `truth()` is what 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-
-# The product's custom role, as infra/ grants it: the estates give the product exactly these actions.
-ROTATOR_ARM_ACTIONS: tuple[str, ...] = tuple(
-    json.loads((Path(__file__).resolve().parent.parent / "infra" / "app" / "rotator-role-actions.json").read_text())
-)
 
 
 def secret_hash(value: str) -> str:
