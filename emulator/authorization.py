@@ -21,7 +21,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from emulator import graph
-from emulator.arm import SUB, Call, route
+from emulator.arm_call import SUB, Call, route
 from emulator.rbac import under
 from emulator.wire import Reply, error
 

@@ -29,12 +29,9 @@ from multidict import MultiDict
 from emulator.core import Emulator, emulator_of
 from emulator.model import (
     Application,
-    Password,
     PasswordPolicy,
     ServicePrincipal,
-    new_secret,
     parse_time,
-    secret_hash,
 )
 from emulator.tokens import Claims
 from emulator.wire import MUTATING, Reply, error, json_body, throttled
@@ -192,7 +189,7 @@ def _app_json(call: Call, app: Application) -> dict[str, Any]:
         "signInAudience": "AzureADMyOrg",
         "tags": [],
         "keyCredentials": [],
-        "passwordCredentials": [p.graph() for p in app.passwords],
+        "passwordCredentials": [p.graph() for p in call.emu.estate.visible_passwords(app, "application")],
     }
 
 
@@ -210,7 +207,7 @@ def _sp_json(call: Call, app: Application, sp: ServicePrincipal) -> dict[str, An
         "signInAudience": "AzureADMyOrg",
         "tags": [],
         "keyCredentials": [],
-        "passwordCredentials": [p.graph() for p in sp.passwords],
+        "passwordCredentials": [p.graph() for p in call.emu.estate.visible_passwords(app, "servicePrincipal")],
     }
 
 
@@ -430,19 +427,10 @@ def _add_password(call: Call, holder: Holder) -> Result:
             f"You can only add a maximum of {app.password_limit} passwords."
         )
         raise bad_request(message, "TooManyAppPasswords")
-    secret = new_secret()
-    call.emu.estate.issued_secrets.append(secret)
     display_name = pc.get("displayName")
-    password = Password(
-        key_id=str(uuid.uuid4()),
-        display_name=display_name if isinstance(display_name, str) else None,
-        start=start,
-        end=end,
-        hash=secret_hash(secret),
-        hint=secret[:3],
-        created=call.emu.clock.timestamp(),
+    password, secret = call.emu.estate.add_password(
+        app, holder, start, end, display_name if isinstance(display_name, str) else None, call.claims.app_id
     )
-    target.passwords.append(password)
     doc = {"@odata.context": odata_context(call, "microsoft.graph.passwordCredential"), **password.graph(secret)}
     return Result(200, doc)
 
@@ -460,8 +448,7 @@ def _remove_password(call: Call, holder: Holder) -> Result:
     password = next((p for p in target.passwords if p.key_id.lower() == key), None)
     if password is None:
         raise bad_request(f"No password credential found with keyId '{key}'.")
-    call.emu.estate.account_app(app.app_id)  # outage accounting before validity changes
-    target.passwords.remove(password)
+    call.emu.estate.remove_password(app, holder, password, call.claims.app_id)
     return Result(204)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from emulator.modes import Modes
+
 
 def secret_hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
@@ -64,6 +66,7 @@ class Password:
     hash: str
     hint: str
     created: float  # emulator timestamp; replication delay counts from here
+    created_by: str = "seed"  # appId of the Graph caller, "seed", or "human" (a control-surface credential event)
 
     def current(self, now: datetime) -> bool:
         return self.start <= now < self.end
@@ -86,6 +89,25 @@ class Password:
             "start": iso(self.start),
             "end": iso(self.end),
             "secretSha256": self.hash,
+            "createdBy": self.created_by,
+        }
+
+
+@dataclass
+class RemovedPassword:
+    """A password that is gone, kept for the truth: who removed it and when (invariants judge removals)."""
+
+    password: Password
+    holder: str  # "application" | "servicePrincipal"
+    removed_by: str
+    removed_at: float
+
+    def truth(self) -> dict[str, Any]:
+        return {
+            **self.password.truth(),
+            "holder": self.holder,
+            "removedBy": self.removed_by,
+            "removedAt": iso(datetime.fromtimestamp(self.removed_at, UTC)),
         }
 
 
@@ -121,6 +143,10 @@ class Application:
     password_limit: int | None = None
     policy: PasswordPolicy = field(default_factory=PasswordPolicy)
     sp: ServicePrincipal | None = None
+    removed: list[RemovedPassword] = field(default_factory=list)
+    # Graph read lag (mode `graph_read_lag_seconds`): reads show `lagged` (app, SP passwords) until `lag_until`.
+    lagged: tuple[list[Password], list[Password]] | None = None
+    lag_until: float = 0.0
 
 
 @dataclass
@@ -146,6 +172,25 @@ class MaintenanceWindow:
 
 
 @dataclass
+class Holding:
+    """One component's copy of the SP secret (the control plane or a node pool) and its outage so far."""
+
+    key_id: str | None
+    hash: str | None
+    outage_seconds: float = 0.0
+    accounted_until: float = 0.0
+
+
+@dataclass
+class NodePool:
+    """A node pool: its kubelet holds its own copy of the SP secret until a reset reimages it."""
+
+    name: str
+    count: int
+    holding: Holding
+
+
+@dataclass
 class Cluster:
     subscription_id: str
     resource_group: str
@@ -154,17 +199,44 @@ class Cluster:
     client_id: str  # appId, or "msi"
     identity_type: str  # "None" (SP) | "SystemAssigned" | "UserAssigned"
     tags: dict[str, str]
-    node_count: int
     cert_expiry: datetime
     kubernetes_version: str
     aad_profile: dict[str, Any] | None
     kubelet_identity: bool  # False after a switch to managed identity until node pools are upgraded
     maintenance: list[MaintenanceWindow]
-    held_hash: str | None  # hash of the SP secret the cluster holds
-    held_key_id: str | None
+    control_plane: Holding  # the control plane's copy of the SP secret (hash only)
+    node_pools: list[NodePool]
     provisioning_state: str = "Succeeded"
-    outage_seconds: float = 0.0
-    accounted_until: float = 0.0
+    power_state: str = "Running"  # "Running" | "Stopped" (world event `stop` / `start`)
+
+    @property
+    def node_count(self) -> int:
+        return sum(pool.count for pool in self.node_pools)
+
+    @property
+    def held_hash(self) -> str | None:
+        return self.control_plane.hash
+
+    @property
+    def held_key_id(self) -> str | None:
+        return self.control_plane.key_id
+
+    def holdings(self) -> list[tuple[str, Holding]]:
+        """The components that need the SP secret: the control plane unless it runs on a managed identity
+        (`identity_type` not "None"), and every node pool unless kubelet runs on a managed identity."""
+        if self.client_id == "msi":
+            return []
+        parts: list[tuple[str, Holding]] = []
+        if self.identity_type == "None":
+            parts.append(("controlPlane", self.control_plane))
+        if not self.kubelet_identity:
+            parts += [(pool.name, pool.holding) for pool in self.node_pools]
+        return parts
+
+    @property
+    def outage_seconds(self) -> float:
+        """The worst component's outage (each component is accounted on its own)."""
+        return max((h.outage_seconds for _, h in self.holdings()), default=0.0)
 
     @property
     def id(self) -> str:
@@ -189,9 +261,19 @@ class SecretVersion:
 
 
 @dataclass
+class DeletedSecret:
+    """A soft-deleted secret: all its versions, recoverable until purged (or `scheduled_purge`)."""
+
+    versions: list[SecretVersion]
+    deleted: int
+    scheduled_purge: int
+
+
+@dataclass
 class Vault:
     name: str
     secrets: dict[str, list[SecretVersion]] = field(default_factory=dict)
+    deleted: dict[str, DeletedSecret] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,6 +303,10 @@ class Operation:
     status: str = "InProgress"
     fail_code: str = "InternalOperationError"
     ended: float | None = None
+    running_state: str = "Updating"  # the cluster's provisioningState while this runs
+    secret: tuple[str, str] | None = None  # (hash, keyId) a reset hands the cluster
+    fail_details: list[dict[str, str]] = field(default_factory=list)
+    retries_left: int = 0  # AKS retries a failed reset this many times (mode `aks_retries_failed_reset`)
 
 
 class Estate:
@@ -247,6 +333,8 @@ class Estate:
         self.lro_per_node_seconds: float = float(lro.get("per_node_seconds", 0.5))
         self.replication_seconds: float = float(seed.get("replication_seconds", 0))
         self.issued_secrets: list[str] = []  # every secret value handed out: the canary list for tests
+        self.deleted_clusters: list[dict[str, Any]] = []  # truth of clusters removed by the world event `delete`
+        self.modes = Modes()
         self._load(seed)
 
     # -- loading ---------------------------------------------------------------------------------------------
@@ -336,7 +424,6 @@ class Estate:
                     "identity_type", "None" if spec.get("client_id", "msi") != "msi" else "SystemAssigned"
                 ),
                 tags=dict(spec.get("tags", {})),
-                node_count=int(spec.get("node_count", 3)),
                 cert_expiry=parse_time(spec["cert_expiry"])
                 if "cert_expiry" in spec
                 else now + timedelta(days=float(spec.get("cert_expires_in_days", 3650))),
@@ -344,9 +431,13 @@ class Estate:
                 aad_profile=spec.get("aad_profile"),
                 kubelet_identity=bool(spec.get("kubelet_identity", spec.get("client_id", "msi") == "msi")),
                 maintenance=[MaintenanceWindow.from_spec(m) for m in spec.get("maintenance", [])],
-                held_hash=held_hash,
-                held_key_id=held_key,
-                accounted_until=self.clock.timestamp(),
+                control_plane=Holding(held_key, held_hash, accounted_until=self.clock.timestamp()),
+                node_pools=[
+                    NodePool(
+                        p["name"], int(p.get("count", 3)), Holding(held_key, held_hash, 0.0, self.clock.timestamp())
+                    )
+                    for p in spec.get("node_pools", [{"name": "nodepool1", "count": spec.get("node_count", 3)}])
+                ],
             )
             self.clusters[cluster.id.lower()] = cluster
         for ra in seed.get("role_assignments", []):
@@ -385,6 +476,57 @@ class Estate:
     def clusters_of_app(self, app_id: str) -> list[Cluster]:
         return [c for c in self.clusters.values() if c.client_id == app_id]
 
+    # -- password writes (Graph and the world events share them) ----------------------------------------------
+    def _passwords_of(self, app: Application, holder: str) -> list[Password]:
+        if holder == "application":
+            return app.passwords
+        assert app.sp is not None
+        return app.sp.passwords
+
+    def _before_password_write(self, app: Application) -> None:
+        """Mode `graph_read_lag_seconds`: Graph reads keep showing the passwords as they were before the first
+        write of a burst until the lag has passed since the last one."""
+        lag = self.modes.graph_read_lag_seconds
+        if lag <= 0:
+            return
+        now = self.clock.timestamp()
+        if app.lagged is None or now >= app.lag_until:
+            app.lagged = (list(app.passwords), list(app.sp.passwords) if app.sp else [])
+        app.lag_until = now + lag
+
+    def visible_passwords(self, app: Application, holder: str) -> list[Password]:
+        """What a Graph read shows now (lagging writes when the mode is on)."""
+        if app.lagged is not None and self.clock.timestamp() < app.lag_until:
+            return app.lagged[0 if holder == "application" else 1]
+        return self._passwords_of(app, holder)
+
+    def add_password(
+        self, app: Application, holder: str, start: datetime, end: datetime, display_name: str | None, by: str
+    ) -> tuple[Password, str]:
+        """A new password (value returned once, kept only as a hash) created by `by` (appId or "human")."""
+        secret = new_secret()
+        self.issued_secrets.append(secret)
+        password = Password(
+            key_id=str(uuid.uuid4()),
+            display_name=display_name,
+            start=start,
+            end=end,
+            hash=secret_hash(secret),
+            hint=secret[:3],
+            created=self.clock.timestamp(),
+            created_by=by,
+        )
+        self._before_password_write(app)
+        self._passwords_of(app, holder).append(password)
+        return password, secret
+
+    def remove_password(self, app: Application, holder: str, password: Password, by: str) -> None:
+        """Remove a password, accounting outage up to now first (validity changes here)."""
+        self.account_app(app.app_id)
+        self._before_password_write(app)
+        self._passwords_of(app, holder).remove(password)
+        app.removed.append(RemovedPassword(password, holder, by, self.clock.timestamp()))
+
     # -- Entra's view of a secret ----------------------------------------------------------------------------
     def find_password(self, app_id: str, secret: str) -> Password | None:
         app = self.applications.get(app_id)
@@ -415,122 +557,102 @@ class Estate:
 
     # -- outage accounting -----------------------------------------------------------------------------------
     def account(self, cluster: Cluster, at: float | None = None) -> None:
-        """Add to outage_seconds the part of [accounted_until, now] during which the held secret was invalid.
+        """Add to each component's outage the part of [accounted_until, now] during which its secret was invalid.
 
         Between mutations, validity changes only when a password's end passes, so the interval is split there.
         Mutations that change validity (removePassword, reset) call this first. `at` (emulator timestamp) is used
-        by completing AKS operations; without it, due operations are settled first.
+        by completing AKS operations; without it, due operations are settled first. A stopped cluster runs
+        nothing, so it has no outage while stopped.
         """
         if at is None:
             self.settle_operations()
         now_ts = self.clock.timestamp() if at is None else at
-        since = cluster.accounted_until
-        cluster.accounted_until = max(since, now_ts)
-        if now_ts <= since or cluster.client_id == "msi":
-            return
         app = self.applications.get(cluster.client_id)
-        pw = None
-        if app is not None and cluster.held_hash is not None:
-            pw = next((p for p in self.all_passwords(app) if p.hash == cluster.held_hash), None)
-        if pw is None:
-            cluster.outage_seconds += now_ts - since
-            return
-        start, end = pw.start.timestamp(), pw.end.timestamp()
-        valid = max(0.0, min(now_ts, end) - max(since, start))
-        cluster.outage_seconds += (now_ts - since) - valid
+        for _, holding in cluster.holdings():
+            since = holding.accounted_until
+            holding.accounted_until = max(since, now_ts)
+            if now_ts <= since or cluster.power_state == "Stopped":
+                continue
+            pw = None
+            if app is not None and holding.hash is not None:
+                pw = next((p for p in self.all_passwords(app) if p.hash == holding.hash), None)
+            if pw is None:
+                holding.outage_seconds += now_ts - since
+                continue
+            start, end = pw.start.timestamp(), pw.end.timestamp()
+            valid = max(0.0, min(now_ts, end) - max(since, start))
+            holding.outage_seconds += (now_ts - since) - valid
 
     def account_app(self, app_id: str) -> None:
         for cluster in self.clusters_of_app(app_id):
             self.account(cluster)
 
-    # -- truth -----------------------------------------------------------------------------------------------
-    def settle_operations(self) -> None:
-        """Complete every due AKS operation, in completion order, as of its own completion time."""
-        now_ts = self.clock.timestamp()
-        due = sorted(
-            (op for op in self.operations.values() if op.status == "InProgress" and op.done_at <= now_ts),
-            key=lambda op: op.done_at,
-        )
-        for op in due:
-            cluster = self.clusters.get(op.cluster_id.lower())
-            failure: tuple[str, str] | None = None
-            if op.fail_message is not None:
-                failure = (op.fail_code, op.fail_message)
-            elif cluster is not None and op.apply is not None:
-                failure = op.apply(self, cluster, op.done_at)
-            op.ended = op.done_at
-            op.apply = None
-            if failure is not None:
-                op.status = "Failed"
-                op.fail_code, op.fail_message = failure
-            else:
-                op.status = "Succeeded"
-            if cluster is not None:
-                cluster.provisioning_state = "Failed" if failure is not None else "Succeeded"
+    def hold(self, cluster: Cluster, secret: tuple[str, str], at: float, pools: list[NodePool] | None = None) -> None:
+        """From `at`, the control plane and `pools` (default: every pool) hold `secret` (hash, keyId)."""
+        self.account(cluster, at=at)
+        digest, key_id = secret
+        for holding in [cluster.control_plane, *(p.holding for p in (cluster.node_pools if pools is None else pools))]:
+            holding.hash, holding.key_id = digest, key_id
 
-    def truth(self) -> dict[str, Any]:
-        self.settle_operations()
-        now = self.clock.now()
-        clusters = []
-        for c in self.clusters.values():
-            self.account(c)
-            clusters.append(
-                {
-                    "id": c.id,
-                    "clientId": c.client_id,
-                    "heldKeyId": c.held_key_id,
-                    "heldSecretSha256": c.held_hash,
-                    "heldValid": self.hash_valid(c.client_id, c.held_hash) if c.held_hash else None,
-                    "outage_seconds": round(c.outage_seconds, 3),
-                    "provisioningState": c.provisioning_state,
-                    "certExpiry": iso(c.cert_expiry),
-                    "tags": c.tags,
-                }
+    # -- AKS operations --------------------------------------------------------------------------------------
+    def settle_operations(self) -> None:
+        """Complete every due AKS operation, in completion order, as of its own completion time (AKS's own
+        retries of a failed reset are operations too, so they settle in the same loop)."""
+        now_ts = self.clock.timestamp()
+        while True:
+            due = [op for op in self.operations.values() if op.status == "InProgress" and op.done_at <= now_ts]
+            if not due:
+                return
+            self._complete(min(due, key=lambda op: op.done_at))
+
+    def _complete(self, op: Operation) -> None:
+        cluster = self.clusters.get(op.cluster_id.lower())
+        failure: tuple[str, str] | None = None
+        if op.fail_message is not None:
+            failure = (op.fail_code, op.fail_message)
+        elif cluster is not None and op.apply is not None:
+            failure = op.apply(self, cluster, op.done_at)
+        op.ended = op.done_at
+        op.apply = None
+        op.status = "Succeeded" if failure is None else "Failed"
+        if failure is not None:
+            op.fail_code, op.fail_message = failure
+        if cluster is None:
+            return
+        cluster.provisioning_state = "Failed" if failure is not None else "Succeeded"
+        if failure is not None and op.secret is not None and self.modes.node_image_upgrade:
+            self.hold(cluster, op.secret, op.done_at, cluster.node_pools[:-1])
+        if failure is not None and op.secret is not None and op.retries_left > 0:
+            self._retry(cluster, op)
+
+    def _retry(self, cluster: Cluster, failed: Operation) -> None:
+        """AKS retries the reset in the background: the same secret, every pool, if Entra still accepts it."""
+        secret = failed.secret
+        assert secret is not None
+
+        def apply(estate: Estate, target: Cluster, at: float) -> tuple[str, str] | None:
+            app = estate.applications.get(target.client_id)
+            valid = app is not None and any(
+                p.hash == secret[0] and p.start.timestamp() <= at < p.end.timestamp() for p in estate.all_passwords(app)
             )
-        apps = []
-        for app in self.applications.values():
-            apps.append(
-                {
-                    "appId": app.app_id,
-                    "objectId": app.object_id,
-                    "displayName": app.display_name,
-                    "passwordCredentials": [p.truth() for p in app.passwords],
-                    "servicePrincipal": {
-                        "objectId": app.sp.object_id if app.sp else None,
-                        "passwordCredentials": [p.truth() for p in app.sp.passwords] if app.sp else [],
-                    },
-                }
-            )
-        vaults = []
-        for vault in self.vaults.values():
-            vaults.append(
-                {
-                    "name": vault.name,
-                    "secrets": {
-                        name: [
-                            {
-                                "version": v.version,
-                                "valueSha256": v.value_hash,
-                                "tags": v.tags,
-                                "contentType": v.content_type,
-                                "enabled": v.enabled,
-                                "exp": v.expires,
-                                "created": v.created,
-                            }
-                            for v in versions
-                        ]
-                        for name, versions in vault.secrets.items()
-                    },
-                }
-            )
-        return {
-            "now": iso(now),
-            "tenantId": self.tenant_id,
-            "clusters": clusters,
-            "applications": apps,
-            "vaults": vaults,
-            "operations": [
-                {"id": op.id, "clusterId": op.cluster_id, "kind": op.kind, "status": op.status}
-                for op in self.operations.values()
-            ],
-        }
+            if not valid:
+                return failed.fail_code, failed.fail_message or ""
+            estate.hold(target, secret, at)
+            return None
+
+        start = failed.done_at + self.modes.aks_retry_seconds
+        retry = Operation(
+            id=str(uuid.uuid4()),
+            cluster_id=failed.cluster_id,
+            location=failed.location,
+            subscription_id=failed.subscription_id,
+            kind=failed.kind + ".retry",
+            started=start,
+            done_at=start + (failed.done_at - failed.started),
+            fail_message=None,
+            apply=apply,
+            secret=secret,
+            retries_left=failed.retries_left - 1,
+        )
+        self.operations[retry.id] = retry
+        cluster.provisioning_state = "Updating"

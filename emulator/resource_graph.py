@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.arm import cluster_json
+from emulator.arm_shapes import cluster_json
 from emulator.core import Emulator, emulator_of
 from emulator.model import Cluster
 from emulator.rbac import authorization_failed, can, visible_subscriptions
