@@ -12,7 +12,7 @@ from aiohttp import web
 from emulator.faults import Faults, TokenBucket, WindowQuota
 from emulator.model import Clock, Estate
 from emulator.tokens import Claims, TokenIssuer
-from emulator.wire import AUDIENCES, Reply, error
+from emulator.wire import AUDIENCES, Reply, accepted_audiences, error
 
 
 class Emulator:
@@ -81,7 +81,9 @@ class Emulator:
         audience = AUDIENCES[surface]
         if not header.lower().startswith("bearer "):
             raise Reply(self.unauthorized(surface, "missing", audience))
-        verdict = self.tokens.verify(header[7:].strip(), audience, self.clock.timestamp())
+        verdict = self.tokens.verify(
+            header[7:].strip(), accepted_audiences(surface, self.endpoint), self.clock.timestamp()
+        )
         if isinstance(verdict, str):
             raise Reply(self.unauthorized(surface, verdict, audience))
         return verdict

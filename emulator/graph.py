@@ -242,10 +242,19 @@ _QUOTED = r"'(?:[^']|'')*'"
 _IN = re.compile(rf"^\s*(?P<prop>\w+)\s+in\s*\((?P<values>\s*{_QUOTED}\s*(?:,\s*{_QUOTED}\s*)*)\)\s*$", re.IGNORECASE)
 _EQ = re.compile(rf"^\s*(?P<prop>\w+)\s+eq\s+(?P<value>{_QUOTED})\s*$", re.IGNORECASE)
 _FILTERABLE = {"appid": "appId", "id": "id"}
+# `az ad sp show --id <appId>` looks the service principal up by name (azure-cli `_resolve_service_principal`).
+_ANY_NAME = re.compile(
+    rf"^\s*servicePrincipalNames/any\(\s*(?P<var>\w+)\s*:\s*(?P=var)\s+eq\s+(?P<value>{_QUOTED})\s*\)\s*$",
+    re.IGNORECASE,
+)
 
 
 def _parse_filter(raw: str, entity_type: str) -> tuple[str, list[str]]:
-    """(property, values) for `prop in ('a','b')` or `prop eq 'a'` on appId or id."""
+    """(property, values) for `prop in ('a','b')` or `prop eq 'a'` on appId or id, or for
+    `servicePrincipalNames/any(c:c eq 'a')` on service principals."""
+    named = _ANY_NAME.match(raw)
+    if named is not None and entity_type == "servicePrincipal":
+        return "servicePrincipalNames", [named["value"][1:-1].replace("''", "'")]
     match = _IN.match(raw) or _EQ.match(raw)
     if match is None:
         raise bad_request("Unsupported or invalid query filter clause specified.", "Request_UnsupportedQuery")
@@ -315,6 +324,8 @@ def _filtered_apps(call: Call, entity_type: str) -> list[Application]:
         return apps
     prop, values = _parse_filter(raw, entity_type)
     wanted = {v.lower() for v in values}
+    if prop == "servicePrincipalNames":
+        return [a for a in apps if a.sp is not None and a.sp.app_id.lower() in wanted]
     if prop == "appId":
         found = [_app_by_app_id(call, v) for v in dict.fromkeys(values)]
         chosen = {a.app_id for a in found if a is not None}
@@ -381,7 +392,7 @@ def _effective_policy(emu: Emulator, app: Application) -> tuple[PasswordPolicy, 
     return _tenant_policy(emu), "00000000-0000-0000-0000-000000000000"
 
 
-def _add_years(value: datetime, years: int) -> datetime:
+def add_years(value: datetime, years: int) -> datetime:
     try:
         return value.replace(year=value.year + years)
     except ValueError:  # 29 February
@@ -410,7 +421,7 @@ def _add_password(call: Call, holder: Holder) -> Result:
         raise bad_request("Invalid value specified for property 'passwordCredential'.")
     now = call.emu.clock.now()
     start = _time(pc, "startDateTime") or now
-    end = _time(pc, "endDateTime") or _add_years(start, 2)
+    end = _time(pc, "endDateTime") or add_years(start, 2)
     if end <= start:
         raise bad_request("Invalid value specified for property 'endDateTime' of resource 'PasswordCredential'.")
     policy, policy_id = _effective_policy(call.emu, app)

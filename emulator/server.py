@@ -15,9 +15,20 @@ from pathlib import Path
 import trustme
 from aiohttp import web
 
-from emulator import arm, authorization, control, entra, graph, keyvault, resource_graph
+from emulator import (
+    arm,
+    authorization,
+    control,
+    entra,
+    graph,
+    keyvault,
+    keyvault_deleted,
+    metadata,
+    resource_graph,
+    world,
+)
 from emulator.core import EMULATOR_KEY, Emulator, emulator_of
-from emulator.wire import MUTATING, Handler, Reply, error, surface_of, throttled
+from emulator.wire import MUTATING, Handler, Reply, error, surface_of, throttled, unmatched
 
 # Reads that go through POST but change nothing (queries, token requests, batches are counted per item).
 READ_ONLY_POSTS = frozenset({"resourcegraph.resources", "entra.token", "arm.listClusterUserCredential", "graph.batch"})
@@ -27,6 +38,8 @@ READ_ONLY_POSTS = frozenset({"resourcegraph.resources", "entra.token", "arm.list
 async def _pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
     emu = emulator_of(request)
     surface, operation = surface_of(request)
+    if request.match_info.http_exception is not None:
+        return unmatched(request.path, request.match_info.http_exception.status)
     if surface in ("", "control"):
         try:
             return await handler(request)
@@ -59,7 +72,18 @@ async def _pipeline(request: web.Request, handler: Handler) -> web.StreamRespons
 def build_app(emu: Emulator) -> web.Application:
     app = web.Application(middlewares=[_pipeline], client_max_size=4 * 1024 * 1024)
     app[EMULATOR_KEY] = emu
-    for module in (control, entra, arm, authorization, resource_graph, graph, keyvault):
+    for module in (
+        control,
+        world,
+        metadata,
+        entra,
+        arm,
+        authorization,
+        resource_graph,
+        graph,
+        keyvault,
+        keyvault_deleted,
+    ):
         module.setup(app)
     return app
 

@@ -21,6 +21,39 @@ AUDIENCES = {
     "graph": "https://graph.microsoft.com",
     "keyvault": "https://vault.azure.net",
 }
+# Every audience a token for the surface may carry: Entra issues `aud` as the resource the scope names (with or
+# without a trailing slash; az asks `https://management.core.windows.net//.default`), and ARM accepts both the
+# management.azure.com and the management.core.windows.net audiences.
+ARM_AUDIENCES = frozenset(
+    {
+        "https://management.azure.com",
+        "https://management.azure.com/",
+        "https://management.core.windows.net",
+        "https://management.core.windows.net/",
+    }
+)
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+
+
+def accepted_audiences(surface: str, endpoint: str) -> frozenset[str]:
+    """The `aud` values the surface accepts. Graph also accepts the emulator's own URL, which `az cloud register`
+    makes the Microsoft Graph resource id (see `emulator.metadata`)."""
+    if surface in ("arm", "resourcegraph"):
+        return ARM_AUDIENCES
+    if surface == "graph":
+        return frozenset({AUDIENCES["graph"], AUDIENCES["graph"] + "/", GRAPH_APP_ID, endpoint, endpoint + "/"})
+    return frozenset({AUDIENCES[surface], AUDIENCES[surface] + "/"})
+
+
+def scope_audience(scope: str, endpoint: str) -> tuple[str, str] | None:
+    """(surface, aud) for a client-credentials scope `<resource>/.default`, or None if no surface serves it."""
+    if not scope.endswith("/.default"):
+        return None
+    resource = scope.removesuffix("/.default")
+    for surface in ("arm", "graph", "keyvault"):
+        if resource in accepted_audiences(surface, endpoint):
+            return surface, resource
+    return None
 
 
 class Reply(Exception):
@@ -96,3 +129,27 @@ def json_body(request_text: str, surface: str) -> Any:
         return json.loads(request_text) if request_text else {}
     except json.JSONDecodeError:
         raise Reply(error(surface, 400, "BadRequest", "The request body is not valid JSON.")) from None
+
+
+def unmatched(path: str, status: int) -> web.Response:
+    """A path (or method) no route serves, answered in the JSON error body of the service that owns the path
+    (never aiohttp's plain-text 404)."""
+    lowered = path.lower()
+    method_not_allowed = status == 405
+    if lowered.startswith(("/v1.0", "/beta")):
+        segment = path.rstrip("/").split("/")[-1] or path
+        if method_not_allowed:
+            return error(
+                "graph", 405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target."
+            )
+        return error("graph", 400, "BadRequest", f"Resource not found for the segment '{segment}'.")
+    if lowered.startswith(("/kv/", "/secrets", "/deletedsecrets")):
+        code = "MethodNotAllowed" if method_not_allowed else "NotFound"
+        return error("keyvault", status, code, f"The requested operation or path '{path}' is not supported.")
+    if "/oauth2/" in lowered or "/discovery/" in lowered or "/.well-known/" in lowered:
+        message = f"AADSTS900561: The endpoint only accepts POST, OPTIONS requests. Path '{path}'."
+        return error("entra", 404 if not method_not_allowed else 405, "invalid_request", message)
+    if method_not_allowed:
+        return error("arm", 405, "MethodNotAllowed", f"The requested method is not allowed for the path '{path}'.")
+    message = f"The requested resource '{path}' does not exist or its resource type is not served by this host."
+    return error("arm", 404, "NotFound", message)
