@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from emulator.arm_call import OPERATIONS, Call, route
-from emulator.model import Cluster, Estate, Operation, iso
+from emulator.model import Estate
+from emulator.records import Cluster, Operation, iso
 from emulator.wire import Reply, error
 
 Apply = Callable[[Estate, Cluster, float], tuple[str, str] | None]

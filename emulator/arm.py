@@ -19,8 +19,9 @@ from emulator import aks_operations
 from emulator.aks_operations import accepted, duration, ensure_idle, start
 from emulator.arm_call import CLUSTER, CLUSTERS, SUB, Call, page, route
 from emulator.arm_shapes import CA_LIFETIME, cluster_json, kubeconfig, maintenance_json, subscription_json
-from emulator.model import Cluster, Estate, secret_hash
+from emulator.model import Estate
 from emulator.rbac import authorization_failed, can, visible_subscriptions
+from emulator.records import Cluster, secret_hash
 from emulator.wire import Reply, error, json_body
 
 MAX_SECRET_BYTES = 190

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from emulator.api_versions import refusal as api_version_refusal
 from emulator.core import Emulator, emulator_of
-from emulator.model import Cluster
 from emulator.rbac import authorization_failed, can
+from emulator.records import Cluster
 from emulator.tokens import Claims
 from emulator.wire import Reply, error, throttled
 

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from emulator.model import Cluster, Estate, MaintenanceWindow, iso
+from emulator.model import Estate
+from emulator.records import Cluster, MaintenanceWindow, iso
 
 CLUSTER_TYPE = "Microsoft.ContainerService/ManagedClusters"
 CA_LIFETIME = timedelta(days=365 * 30)

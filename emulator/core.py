@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from emulator.faults import Faults, TokenBucket, WindowQuota
-from emulator.model import Clock, Estate
+from emulator.model import Estate
+from emulator.records import Clock
 from emulator.tokens import Claims, TokenIssuer
 from emulator.wire import AUDIENCES, Reply, accepted_audiences, error
 

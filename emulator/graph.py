@@ -27,12 +27,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from emulator.core import Emulator, emulator_of
-from emulator.model import (
-    Application,
-    PasswordPolicy,
-    ServicePrincipal,
-    parse_time,
-)
+from emulator.records import Application, PasswordPolicy, ServicePrincipal, parse_time
 from emulator.tokens import Claims
 from emulator.wire import MUTATING, Reply, error, json_body, throttled
 

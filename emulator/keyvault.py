@@ -22,7 +22,8 @@ from aiohttp import web
 
 from emulator.core import Emulator, emulator_of
 from emulator.faults import TokenBucket
-from emulator.model import Estate, SecretVersion, Vault, secret_hash
+from emulator.model import Estate
+from emulator.records import SecretVersion, Vault, secret_hash
 from emulator.tokens import Claims
 from emulator.wire import Reply, json_body, throttled
 

@@ -21,7 +21,7 @@ from emulator.keyvault import (
     not_found,
     paged,
 )
-from emulator.model import DeletedSecret, Vault
+from emulator.records import DeletedSecret, Vault
 from emulator.wire import Reply
 
 DELETE = ACTION_PREFIX + "delete"

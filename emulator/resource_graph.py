@@ -23,8 +23,8 @@ from aiohttp import web
 
 from emulator.arm_shapes import cluster_json
 from emulator.core import Emulator, emulator_of
-from emulator.model import Cluster
 from emulator.rbac import authorization_failed, can, visible_subscriptions
+from emulator.records import Cluster
 from emulator.tokens import Claims
 from emulator.wire import Reply, json_body
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.model import Cluster, Estate, Holding, Vault, iso
+from emulator.model import Estate
+from emulator.records import Cluster, Holding, Vault, iso
 
 
 def _holding(estate: Estate, cluster: Cluster, holding: Holding) -> dict[str, Any]:

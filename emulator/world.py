@@ -16,7 +16,7 @@ from aiohttp import web
 from emulator.core import Emulator, emulator_of
 from emulator.graph import add_years
 from emulator.keyvault_deleted import soft_delete
-from emulator.model import Application, Cluster, Operation, Password
+from emulator.records import Application, Cluster, Operation, Password
 from emulator.truth import cluster_truth
 
 Event = Callable[[Emulator, dict[str, Any]], dict[str, Any]]
