@@ -81,7 +81,6 @@ def truth(estate: Estate) -> dict[str, Any]:
                 "objectId": app.sp.object_id if app.sp else None,
                 "passwordCredentials": [p.truth() for p in app.sp.passwords] if app.sp else [],
             },
-            "removedPasswords": [r.truth() for r in app.removed],
         }
         for app in estate.applications.values()
     ]
@@ -91,6 +90,10 @@ def truth(estate: Estate) -> dict[str, Any]:
         "clusters": [cluster_truth(estate, c) for c in estate.clusters.values()],
         "deletedClusters": estate.deleted_clusters,
         "applications": apps,
+        # Apart from `applications`, so that comparing applications before and after shows only live passwords.
+        "removedPasswords": [
+            {"appId": app.app_id, **r.truth()} for app in estate.applications.values() for r in app.removed
+        ],
         "vaults": [_vault(v) for v in estate.vaults.values()],
         "operations": [
             {"id": op.id, "clusterId": op.cluster_id, "kind": op.kind, "status": op.status}

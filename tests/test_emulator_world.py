@@ -62,7 +62,9 @@ def _truth(emulator: EmulatorControl, name: str) -> dict[str, Any]:
 
 
 def _app_truth(emulator: EmulatorControl, app_id: str) -> dict[str, Any]:
-    return next(a for a in emulator.state()["applications"] if a["appId"] == app_id)
+    state = emulator.state()
+    app = next(a for a in state["applications"] if a["appId"] == app_id)
+    return {**app, "removedPasswords": [r for r in state["removedPasswords"] if r["appId"] == app_id]}
 
 
 def _reset_sp(cluster: dict[str, Any], secret: str = NEW_SECRET) -> Callable[[ContainerServiceClient], Awaitable[Any]]:
