@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from emulator import estate as estates
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import rotation
@@ -45,7 +45,7 @@ def make_settings(emulator: EmulatorControl, azurite: Azurite, names: StorageNam
 
 def demo_estate(**changes: Any) -> dict[str, Any]:
     """The demo estate with instant AKS operations (tests advance nothing unless they say so)."""
-    doc = estates.demo()
+    doc = seeds.demo()
     doc["lro"] = {"base_seconds": 0, "per_node_seconds": 0}
     doc.update(changes)
     return doc
