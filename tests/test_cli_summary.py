@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from azure.data.tables import TableServiceClient
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import console, logs
@@ -79,7 +79,7 @@ def seed_rows(env: dict[str, str], states: list[tuple[str, str, timedelta]]) -> 
 def test_2000_cluster_scan_prints_a_summary_and_only_the_attention_rows(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
-    emulator.reset(estate.generate(clusters=2000, subscriptions=20, seed=7))
+    emulator.reset(seeds.generate(clusters=2000, subscriptions=20, seed=7))
     env = _env(emulator, azurite, storage_names, LOG_LEVEL="INFO")
 
     as_json = _cli(env, "scan", "--dry-run", "--json")

@@ -18,7 +18,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import report
@@ -75,7 +75,7 @@ def test_report_renders_in_chromium_with_the_scans_numbers(
     browser: webdriver.Chrome,
     tmp_path: Path,
 ) -> None:
-    emulator.reset(estate.generate(clusters=400, subscriptions=6, seed=5))
+    emulator.reset(seeds.generate(clusters=400, subscriptions=6, seed=5))
     env = _env(emulator, azurite, storage_names, LOG_LEVEL="WARNING")
     day = timedelta(days=1)
     rows = seed_rows(

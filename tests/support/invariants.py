@@ -129,6 +129,28 @@ def check_state(
     return found
 
 
+def check_stuck(
+    records: Mapping[str, RotationRecord], alerts: Sequence[Any], *, now: datetime, settings: Any
+) -> Violations:
+    """Invariant 2, second half: a rotation still running at `now` must be within its bound — it must end before
+    `expiry - URGENT_DAYS` (or a week when the expiry is unknown) — or an alert about its cluster fired."""
+    found = Violations()
+    for rid, record in records.items():
+        if record.terminal:
+            continue
+        expiry = record.observed_expiry
+        bound = (expiry - timedelta(days=settings.urgent_days)) if expiry else record.created_at + timedelta(days=7)
+        if now <= bound:
+            continue
+        key = record.cluster_id.lower()
+        if not any(str(getattr(a, "fields", {}).get("cluster_id", "")).lower() == key for a in alerts):
+            found.add(
+                f"liveness: rotation {rid} of {record.cluster_id} still {record.state} at {record.phase} "
+                f"past {bound:%Y-%m-%d %H:%M}, no alert"
+            )
+    return found
+
+
 def check_liveness(
     expiries: Mapping[str, datetime],
     rotated: Mapping[str, datetime],

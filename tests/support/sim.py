@@ -24,7 +24,7 @@ import itertools
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,9 +33,11 @@ from typing import Any
 from emulator.sandbox import EmulatorControl
 from shared import clock, discovery, events, queues, rotation
 from shared.queues import Peeked, Received, encode
+from shared.record import RotationRecord
 from shared.rotation import Deps
 from shared.settings import Settings
 from shared.vault import MANAGED_BY, MANAGED_BY_TAG
+from tests.support.invariants import check_state, check_stuck
 
 HOST_JSON = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text())
 _QUEUES = HOST_JSON["extensions"]["queues"]
@@ -262,6 +264,8 @@ class Simulation:
         self._world: list[_Scheduled] = []
         self._seq = itertools.count()
         self.log: list[str] = []  # what happened, for a failure message
+        self.initial: dict[str, Any] | None = None
+        self.seed: int | None = None
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -285,8 +289,29 @@ class Simulation:
 
     async def run(self, duration: timedelta) -> None:
         """Advance through `duration` of simulated time, doing at each instant what the host would."""
+        if self.initial is None:
+            self.initial = self.emulator.state()
         with self._installed():
             await self._loop(self.now() + duration)
+
+    def world(self, event: str, **body: Any) -> WorldEvent:
+        """A world event for `at`/`after`: `POST /_emulator/world/{event}` (docs/emulator.md, "World events")."""
+
+        def act(sim: Simulation) -> None:
+            sim.emulator.world(event, **body)
+
+        return act
+
+    def check(self, records: Mapping[str, RotationRecord]) -> None:
+        """The whole promise over the whole estate, at the end of a run (tests/support/invariants.py)."""
+        state = self.emulator.state()
+        found = check_state(state, records, alerts=self.alerts.alerts, before=self.initial)
+        found.problems += check_stuck(records, self.alerts.alerts, now=self.now(), settings=self.settings).problems
+        assert not found.problems, self.explain(found.problems)
+
+    def explain(self, problems: Sequence[str]) -> str:
+        tail = "\n  ".join(self.log[-60:])
+        return f"the promise broke (seed {self.seed}):\n- " + "\n- ".join(problems[:30]) + f"\nlast events:\n  {tail}"
 
     async def _loop(self, end: datetime) -> None:
         next_timer = next_fire(self.settings.rotation_schedule, self.now())
@@ -333,6 +358,8 @@ class Simulation:
                     retry_delay_seconds=VISIBILITY_TIMEOUT,
                 )
                 self.deliveries += report.received
+                if report.received:
+                    self.log.append(f"{self.now():%Y-%m-%d %H:%M} deliveries {report.received}: {report.actions}")
                 if self.now() >= end:
                     return
         finally:
