@@ -40,8 +40,13 @@ _CLUSTER_ID = re.compile(
     r"managedClusters/(?P<name>[^/]+)$",
     re.IGNORECASE,
 )
+# Operation URLs as ARM sends them (docs/emulator.md, "Long-running operations"): an Azure-AsyncOperation status
+# resource (`operations/{id}`) or a Location result (`operationresults/{id}`), under the subscription or a resource
+# group, any case. The URL is opaque to clients; this only keeps our token on the provider's own locations/ paths.
 _OPERATION_PATH = re.compile(
-    r"^/subscriptions/[^/]+/providers/Microsoft\.ContainerService/locations/[^/]+/operations/[^/]+$", re.IGNORECASE
+    r"^/subscriptions/[^/]+(?:/resourceGroups/[^/]+)?/providers/Microsoft\.ContainerService/locations/[^/]+"
+    r"/(?P<kind>operations|operationresults)/[^/]+$",
+    re.IGNORECASE,
 )
 _ACTION = re.compile(r"perform action '([^']+)' over scope '([^']*)'")
 _CA_DATA = re.compile(r"certificate-authority-data:\s*(\S+)")
@@ -108,12 +113,25 @@ class ClusterInfo:
     provisioning_state: str
     node_count: int
     kubernetes_version: str
+    power_state: str = "Running"  # properties.powerState.code: "Running" | "Stopped"
+
+    @property
+    def stopped(self) -> bool:
+        return self.power_state.lower() == "stopped"
 
 
 @dataclass(frozen=True)
 class OperationStatus:
     status: str  # "InProgress" | "Succeeded" | "Failed" | "Canceled"
     error: str | None
+    credentials_rejected: bool = False  # the error (or one of its details) says the new secret was refused
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """AKS accepted an operation: `operation_url` to poll, or None when it answered 200 (complete at once)."""
+
+    operation_url: str | None
 
 
 def parse_cluster_id(cluster_id: str) -> tuple[str, str, str]:
@@ -148,6 +166,7 @@ def cluster_info(resource: Mapping[str, Any]) -> ClusterInfo:
         provisioning_state=str(props.get("provisioningState") or "Unknown"),
         node_count=sum(int(p.get("count") or 0) for p in pools),
         kubernetes_version=str(props.get("currentKubernetesVersion") or props.get("kubernetesVersion") or ""),
+        power_state=str((props.get("powerState") or {}).get("code") or "Running"),
     )
 
 
@@ -330,7 +349,15 @@ class _CaptureInitial(AsyncNoPolling[None]):
 
     def initialize(self, client: Any, initial_response: Any, deserialization_callback: Any) -> None:
         super().initialize(client, initial_response, deserialization_callback)
-        self.operation_url = initial_response.http_response.headers.get("Azure-AsyncOperation")
+        headers = initial_response.http_response.headers
+        # Azure-AsyncOperation when ARM sends it; else Location (a 202 may carry only that); a 200 carries neither.
+        self.operation_url = headers.get("Azure-AsyncOperation") or headers.get("Location")
+        self.status_code: int = initial_response.http_response.status_code
+
+
+def _rejects_credentials(message: str) -> bool:
+    """AKS's words for "Entra refused the secret in the request" (synchronous 400, or a failed operation's error)."""
+    return "ServicePrincipalProfile were invalid" in message
 
 
 def _error(exc: HttpResponseError, what: str) -> AksError:
@@ -347,7 +374,7 @@ def _error(exc: HttpResponseError, what: str) -> AksError:
         return ClusterNotFound(f"{what}: {code}: {message}", status, code)
     if status == 409 and code == "OperationNotAllowed":
         return ClusterBusy(f"{what}: {message}", status, code)
-    if status == 400 and "ServicePrincipalProfile were invalid" in message:
+    if status == 400 and _rejects_credentials(message):
         return CredentialsRejected(f"{what}: {message}", status, code)
     return AksError(f"{what} failed: {status} {code}: {message}", status, code)
 
@@ -471,8 +498,8 @@ class AksClient:
             MaintenanceWindow.from_arm(str(c.name), (c.properties.as_dict() if c.properties else {})) for c in configs
         ]
 
-    async def begin_reset_service_principal(self, cluster_id: str, client_id: str, secret: str) -> str:
-        """Start resetServicePrincipalProfile; returns the Azure-AsyncOperation URL (the secret is not in it)."""
+    async def begin_reset_service_principal(self, cluster_id: str, client_id: str, secret: str) -> Accepted:
+        """Start resetServicePrincipalProfile; returns the operation URL to poll (the secret is not in it)."""
         sub, rg, name = parse_cluster_id(cluster_id)
         capture = _CaptureInitial()
         await _guarded(
@@ -483,7 +510,7 @@ class AksClient:
         )
         return self._operation_url(capture, cluster_id)
 
-    async def begin_rotate_certificates(self, cluster_id: str) -> str:
+    async def begin_rotate_certificates(self, cluster_id: str) -> Accepted:
         sub, rg, name = parse_cluster_id(cluster_id)
         capture = _CaptureInitial()
         await _guarded(
@@ -492,10 +519,12 @@ class AksClient:
         )
         return self._operation_url(capture, cluster_id)
 
-    def _operation_url(self, capture: _CaptureInitial, cluster_id: str) -> str:
-        if not capture.operation_url:
-            raise AksError(f"AKS accepted the operation on {cluster_id} without an Azure-AsyncOperation URL")
-        return self._on_arm(capture.operation_url)
+    def _operation_url(self, capture: _CaptureInitial, cluster_id: str) -> Accepted:
+        if capture.operation_url:
+            return Accepted(self._on_arm(capture.operation_url))
+        if capture.status_code == 200:
+            return Accepted(None)  # complete at once (the operation's responses are 200 and 202)
+        raise AksError(f"AKS accepted the operation on {cluster_id} without an operation URL")
 
     def _on_arm(self, url: str) -> str:
         """Refuse any URL that is not on the configured ARM endpoint (our bearer token must not go elsewhere)."""
@@ -505,14 +534,28 @@ class AksClient:
         return url
 
     async def operation_status(self, operation_url: str) -> OperationStatus:
+        """An Azure-AsyncOperation status resource (`{"status": ...}`) or a Location result (202 while running,
+        200/204 when done, an error status when it failed)."""
         url = self._on_arm(operation_url)
-        if not _OPERATION_PATH.match(urlparse(url).path.rstrip("/")):
+        match = _OPERATION_PATH.match(urlparse(url).path.rstrip("/"))
+        if match is None:
             raise AksError("not an AKS operation status URL")
+        if match["kind"].lower() == "operationresults":
+            try:
+                code, body = await self._get_json(url, "operation result")
+            except AksError as exc:
+                if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 404, 408, 429):
+                    return OperationStatus("Failed", str(exc), _rejects_credentials(str(exc)))
+                raise
+            return OperationStatus("InProgress" if code == 202 else "Succeeded", None)
         _, body = await self._get_json(url, "operation status")
         status = str(body.get("status") or "InProgress")
-        error = body.get("error") or None
-        message = f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict) else None
-        return OperationStatus(status=status, error=message if status in ("Failed", "Canceled") else None)
+        error = body.get("error") if isinstance(body.get("error"), dict) else None
+        if status not in ("Failed", "Canceled") or error is None:
+            return OperationStatus(status, None if status not in ("Failed", "Canceled") else "no detail")
+        texts = [f"{error.get('code')}: {error.get('message')}"]
+        texts += [f"{d.get('code')}: {d.get('message')}" for d in error.get("details") or [] if isinstance(d, dict)]
+        return OperationStatus(status, "; ".join(texts), any(_rejects_credentials(t) for t in texts))
 
     async def ca_expiry(self, cluster_id: str) -> datetime:
         """notAfter of the cluster CA certificate in the user kubeconfig (certificate-authority-data)."""

@@ -31,6 +31,7 @@ __all__ = [
     "EVENT_CREDENTIAL_OVERDUE",
     "EVENT_INPUT_REJECTED",
     "EVENT_KEYVAULT_SECRET_EXPIRED",
+    "EVENT_ROTATION_BLOCKED",
     "EVENT_ROTATION_FAILED",
     "EVENT_ROTATION_POISON",
     "MASK",
@@ -53,11 +54,20 @@ EVENT_ROTATION_FAILED: Final = "rotation.failed"
 EVENT_ROTATION_POISON: Final = "rotation.poison"
 EVENT_CREDENTIAL_OVERDUE: Final = "credential.overdue"
 EVENT_KEYVAULT_SECRET_EXPIRED: Final = "keyvault.secret_expired"  # noqa: S105 (an event name)
+EVENT_ROTATION_BLOCKED: Final = "rotation.blocked"  # waiting on something only a person can fix, or kept both
 EVENT_INPUT_REJECTED: Final = "input.rejected"  # log_event at WARNING, not an alert
 
-AlertEvent = Literal["rotation.failed", "rotation.poison", "credential.overdue", "keyvault.secret_expired"]
+AlertEvent = Literal[
+    "rotation.failed", "rotation.poison", "rotation.blocked", "credential.overdue", "keyvault.secret_expired"
+]
 ALERT_EVENTS: Final = frozenset(
-    {EVENT_ROTATION_FAILED, EVENT_ROTATION_POISON, EVENT_CREDENTIAL_OVERDUE, EVENT_KEYVAULT_SECRET_EXPIRED}
+    {
+        EVENT_ROTATION_FAILED,
+        EVENT_ROTATION_POISON,
+        EVENT_ROTATION_BLOCKED,
+        EVENT_CREDENTIAL_OVERDUE,
+        EVENT_KEYVAULT_SECRET_EXPIRED,
+    }
 )
 
 # --------------------------------------------------------------------------------------------------------------

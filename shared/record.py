@@ -24,7 +24,7 @@ Holder = Literal["application", "servicePrincipal"]
 
 # Characters Table storage forbids in PartitionKey/RowKey.
 _BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
-_DATETIME_FIELDS = ("not_before", "observed_expiry", "created_at", "updated_at", "proof_started")
+_DATETIME_FIELDS = ("not_before", "observed_expiry", "created_at", "updated_at", "proof_started", "waiting_since")
 
 
 class RotationState(enum.StrEnum):
@@ -84,6 +84,10 @@ class RotationRecord(BaseModel):
     proof_started: AwareDatetime | None = None  # when proving began (PROOF_TIMEOUT_SECONDS counts from here)
     apply_tries: int = Field(default=0, ge=0)  # resets sent whose answer was never seen
     reset_unanswered: bool = False  # a reset may have reached AKS unseen: the cluster may hold the new secret
+    reset_accepted: bool = False  # AKS accepted a reset of this rotation once: some nodes may hold the new secret
+    resends: int = Field(default=0, ge=0)  # resets sent again after an accepted one ended Failed/Canceled
+    waiting_since: AwareDatetime | None = None  # since when the current wait (stopped, busy, operation) lasts
+    wait_alerted: bool = False  # the current wait was alerted
     failed_phase: Phase | None = None  # the phase that failed (kept while cleaning up)
     new_key_id: str | None = None
     old_key_ids: list[str] = Field(default_factory=list)
@@ -112,6 +116,12 @@ class RotationRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.state.terminal
+
+    @property
+    def cluster_may_hold_new(self) -> bool:
+        """A reset of this rotation was accepted or went unanswered: some part of the cluster may hold the new
+        secret, so nothing may remove it (only a deleted cluster lifts this)."""
+        return self.reset_accepted or self.reset_unanswered
 
     @property
     def progress(self) -> str:

@@ -116,7 +116,10 @@ def test_reset_then_poll_the_operation_url_with_the_clock(emulator: EmulatorCont
     doc, cluster, app = _payments(lro_seconds=60)
     _reset(emulator, doc)
     cid = _cluster_id(cluster)
-    url = _run(emu_settings, lambda aks: aks.begin_reset_service_principal(cid, app["app_id"], NEW_SECRET))
+    url = _run(
+        emu_settings, lambda aks: aks.begin_reset_service_principal(cid, app["app_id"], NEW_SECRET)
+    ).operation_url
+    assert url is not None
     assert url.startswith(emulator.endpoint + "/subscriptions/") and "/operations/" in url
     assert NEW_SECRET not in url
     status = _run(emu_settings, lambda aks: aks.operation_status(url))
@@ -135,9 +138,11 @@ def test_failed_operation_reports_its_error(emulator: EmulatorControl, emu_setti
     doc, cluster, app = _payments()
     _reset(emulator, doc)
     emulator.add_faults({"kind": "lro_fail", "surface": "arm", "operation": "resetServicePrincipalProfile"})
-    url = _run(
+    accepted = _run(
         emu_settings, lambda aks: aks.begin_reset_service_principal(_cluster_id(cluster), app["app_id"], NEW_SECRET)
     )
+    url = accepted.operation_url
+    assert url is not None
     emulator.advance(5)
     status = _run(emu_settings, lambda aks: aks.operation_status(url))
     assert status.status == "Failed" and status.error is not None and "resetServicePrincipalProfile" in status.error
@@ -188,7 +193,8 @@ def test_ca_expiry_and_certificate_rotation(emulator: EmulatorControl, emu_setti
     cid = _cluster_id(spec)
     seeded = datetime.fromisoformat(_truth(emulator, "aks-legacy")["certExpiry"].replace("Z", "+00:00"))
     assert _run(emu_settings, lambda aks: aks.ca_expiry(cid)) == seeded.replace(microsecond=0)
-    url = _run(emu_settings, lambda aks: aks.begin_rotate_certificates(cid))
+    url = _run(emu_settings, lambda aks: aks.begin_rotate_certificates(cid)).operation_url
+    assert url is not None
     emulator.advance(11)
     assert _run(emu_settings, lambda aks: aks.operation_status(url)).status == "Succeeded"
     rotated = _run(emu_settings, lambda aks: aks.ca_expiry(cid))

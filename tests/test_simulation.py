@@ -81,16 +81,13 @@ def test_quiet_weeks_rotate_everything_due_inside_the_window(make_world: Any) ->
 
 
 # -- AKS: a reset is a node image upgrade ---------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11.1: a reset that ends Failed after moving node pools to the new secret is cleaned up "
-    "(the new password is removed): the moved pools run on an invalid secret",
-)
 def test_half_failed_reset_never_loses_the_new_secret(make_world: Any, emulator: EmulatorControl) -> None:
     world = make_world([{"name": "aks-a", "days": 10}], modes={"node_image_upgrade": True})
     emulator.add_faults({"kind": "lro_fail", "surface": "arm", "operation": "resetServicePrincipalProfile", "times": 1})
     world.run(3)
     world.check()
+    assert {r.state for r in world.records().values()} == {"succeeded"}  # the reset was sent again and held
+    assert any(a.event == "rotation.blocked" for a in world.sim.alerts.alerts)
 
 
 # -- ARM: long-running operations as ARM sends them -----------------------------------------------------------
@@ -99,14 +96,8 @@ def test_half_failed_reset_never_loses_the_new_secret(make_world: Any, emulator:
     [
         {"lro_location_only": True},
         {"reset_sync_200": True},
-        pytest.param(
-            {"operation_url_form": "resourcegroup"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 11.2: an operation URL under /resourceGroups/.../locations/ is refused as 'not an AKS "
-                "operation status URL': every rotation fails after the reset and leaks its password",
-            ),
-        ),
+        {"operation_url_form": "resourcegroup"},
+        {"operation_url_form": "legacy_api_version"},
         {"operation_url_form": "lowercase"},
         {"invalid_secret_async": True},
     ],
@@ -117,22 +108,24 @@ def test_operations_in_every_form_arm_uses(make_world: Any, mode: dict[str, Any]
     world.run(3)
     world.check()
     assert world.cluster("aks-a")["heldKeyId"] != world.sim.initial["clusters"][0]["heldKeyId"]  # type: ignore[index]
+    assert {r.state for r in world.records().values()} == {"succeeded"}
 
 
 # -- cluster states -------------------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11.3: a stopped cluster is retried as 'busy' forever, without an alert before its secret "
-    "expires; when it is started again it runs on the expired secret",
-)
-def test_stopped_cluster_is_alerted_before_expiry(make_world: Any) -> None:
+def test_stopped_cluster_is_alerted_before_anything_is_created(make_world: Any) -> None:
     world = make_world([{"name": "aks-a", "days": 6}])
     world.sim.at(world.sim.now(), world.sim.world("stop", cluster="aks-a"), "stop aks-a")
-    world.sim.after(timedelta(days=8), world.sim.world("start", cluster="aks-a"), "start aks-a")
-    world.run(9)
-    alerts = world.sim.alerts.about(world.cluster("aks-a")["id"])
-    assert any("start" in a.message.lower() for a in alerts), [a.message for a in alerts]
+    # The operator acts on the alert two days later; the rotation then completes before the secret expires.
+    world.sim.after(timedelta(days=2, hours=12), world.sim.world("start", cluster="aks-a"), "start aks-a")
+    world.run(2)
+    cluster = world.cluster("aks-a")
+    alerts = world.sim.alerts.about(cluster["id"])
+    assert any("start it before" in a.message for a in alerts), [a.message for a in alerts]
+    ours = [p for a in world.emulator.state()["applications"] for p in a["passwordCredentials"] if p.get("createdBy")]
+    assert all(p["createdBy"] != world.settings.client_id for p in ours)  # nothing created while it is stopped
+    world.run(3)
     world.check()
+    assert {r.state for r in world.records().values()} == {"succeeded"}
 
 
 def test_cluster_deleted_mid_rotation_removes_the_new_password(make_world: Any) -> None:
@@ -150,10 +143,6 @@ def test_cluster_busy_with_someone_elses_upgrade_is_waited_for(make_world: Any) 
 
 
 # -- waiting never outlives the secret ------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11.4: a maintenance-window wait can end after expiry - URGENT_DAYS (the wait is not bounded)",
-)
 def test_window_wait_ends_before_the_urgent_point(make_world: Any, emulator: EmulatorControl) -> None:
     # Due at the first scan (under 5 days left, URGENT_DAYS=3); the only window opens in 6 days: after expiry.
     now = datetime.fromisoformat(emulator.state()["now"].replace("Z", "+00:00"))

@@ -25,6 +25,14 @@ var rules = [
     description: 'A rotation failed. See docs/operations.md.'
   }
   {
+    name: 'blocked'
+    event: 'rotation.blocked'
+    severity: 1
+    frequency: 'PT15M'
+    window: 'PT1H'
+    description: 'A rotation waits on something a person must fix (stopped cluster, long operation) or kept both secrets after a failed reset. See docs/operations.md.'
+  }
+  {
     name: 'overdue'
     event: 'credential.overdue'
     severity: 1

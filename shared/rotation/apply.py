@@ -2,7 +2,11 @@
 then poll its operation.
 
 From the moment a reset may have reached AKS the cluster may hold the new secret: the row says so
-(`reset_unanswered`) before the request is sent, and no failure after an unanswered reset removes the new password.
+(`reset_unanswered` before the request is sent, `reset_accepted` once AKS accepted one) and from then on nothing
+removes the new password. A reset is a node image upgrade: one that ends Failed or Canceled may already have moved
+some node pools, so both passwords stay valid, the Key Vault version is marked uncertain, an alert fires and the
+same secret is sent again once the cluster settles (bounded). Every wait — the maintenance window, a stopped or
+busy cluster, the operation — ends by `expiry - URGENT_DAYS` or alerts (`rotation.blocked`).
 """
 
 from __future__ import annotations
@@ -17,17 +21,19 @@ from azure.core.exceptions import AzureError
 from shared import windows as win
 from shared.aks import AksError, AuthorizationFailed, ClusterBusy, ClusterInfo, ClusterNotFound, CredentialsRejected
 from shared.cluster_tags import certificates_opted_in
-from shared.logs import log_event
+from shared.logs import EVENT_ROTATION_BLOCKED, alert, log_event
 from shared.messages import CredentialKind
 from shared.record import Phase, RotationState
 from shared.rotation.delivery import Delivery
-from shared.rotation.plan import is_urgent
+from shared.rotation.plan import is_urgent, urgent_point
 from shared.rotation.results import Done, Failure, Next, Result, Wait
+from shared.rotation.waits import STOPPED_RECHECK, blocked, stopped_reason, waited_long
 from shared.vault import VersionState
 
 log = logging.getLogger("shared.rotation")
 
 MAX_UNCERTAIN_APPLIES = 12  # resets without an answer before the rotation fails (without clean-up)
+MAX_RESENDS = 4  # resets sent again after an accepted one ended Failed/Canceled, before failing (without clean-up)
 BUSY_STATES = frozenset(
     {"updating", "upgrading", "scaling", "creating", "deleting", "starting", "stopping", "canceling"}
 )
@@ -96,44 +102,46 @@ async def window_gate(run: Delivery, cluster: ClusterInfo) -> Result | None:
         await run.audit("apply", "urgent", f"outside the window ({win.describe(governing)}): applying now")
         return None
     opens = win.next_open(governing, now)
-    if opens is None:
+    latest = urgent_point(run.row, run.settings.urgent_days)
+    if opens is None and latest is None:
         raise Failure(f"apply: the maintenance window ({win.describe(governing)}) never opens")
-    delay = max(1, int((opens - now).total_seconds()) + 1)
-    detail = f"outside the maintenance window ({win.describe(governing)}); opens {opens:%Y-%m-%d %H:%M} UTC"
+    # The wait never outlives the secret: at expiry - URGENT_DAYS the rotation proceeds as urgent.
+    wake = min(t for t in (opens, latest) if t is not None)
+    delay = max(1, int((wake - now).total_seconds()) + 1)
+    detail = f"outside the maintenance window ({win.describe(governing)}); "
+    detail += f"opens {opens:%Y-%m-%d %H:%M} UTC" if opens is not None and opens <= wake else "never opens in time"
+    if wake is latest and (opens is None or latest < opens):
+        detail += f"; applying as urgent at {latest:%Y-%m-%d %H:%M} UTC (expiry - URGENT_DAYS)"
     used = await run.requeue(delay, state=RotationState.WAITING, detail=detail)
     return Wait(used, detail, RotationState.WAITING)
 
 
-async def step_apply(run: Delivery) -> Result:
-    # A row whose reset went unanswered means an earlier reset of this rotation may have reached AKS: the cluster
-    # may hold the new secret, so no failure from here on may remove it (design: "never clean up").
-    uncertain = run.row.reset_unanswered
+async def get_cluster(run: Delivery) -> ClusterInfo:
+    """The cluster, or a failure that may clean up (a deleted cluster holds no secret)."""
     try:
-        return await _apply(run, uncertain)
-    except Failure as failure:
-        if uncertain:
-            failure.cleanup = False
-        raise
-
-
-async def _apply(run: Delivery, uncertain: bool) -> Result:
-    deps, row = run.deps, run.row
-    certificates = row.kind is CredentialKind.CLUSTER_CERTIFICATE
-    try:
-        cluster = await deps.aks.get_cluster(row.cluster_id)
+        return await run.deps.aks.get_cluster(run.row.cluster_id)
     except AuthorizationFailed as exc:
-        raise Failure(f"missing ARM permission '{exc.action}'", cleanup=not certificates) from None
+        raise Failure(f"missing ARM permission '{exc.action}'") from None
     except ClusterNotFound:
-        raise Failure(f"cluster {row.cluster_id} no longer exists", cleanup=not certificates) from None
+        raise Failure(f"cluster {run.row.cluster_id} no longer exists", cluster_gone=True) from None
+
+
+async def step_apply(run: Delivery) -> Result:
+    deps, row = run.deps, run.row
+    uncertain = row.reset_unanswered  # an earlier reset of this rotation may have reached AKS unseen
+    certificates = row.kind is CredentialKind.CLUSTER_CERTIFICATE
+    cluster = await get_cluster(run)
     if certificates:
         if not certificates_opted_in(run.settings, cluster):
             raise Failure("certificate rotation: the cluster is not opted in", cleanup=False)
     elif (cluster.sp_client_id or "").lower() != (row.app_id or "").lower():
         raise Failure(f"apply: the cluster no longer uses application {row.app_id}")
+    if cluster.stopped:
+        return await blocked(run, stopped_reason(cluster, row.observed_expiry), int(STOPPED_RECHECK.total_seconds()))
     if cluster.provisioning_state.lower() in BUSY_STATES:
-        delay = run.settings.lro_poll_seconds
-        await run.requeue(delay, state=RotationState.RUNNING, detail=f"cluster is {cluster.provisioning_state}")
-        return Wait(delay, f"cluster is {cluster.provisioning_state}")
+        return await waited_long(run, f"cluster is {cluster.provisioning_state}", run.settings.lro_poll_seconds)
+    if row.waiting_since is not None:
+        await run.save(waiting_since=None, wait_alerted=False)
     gate = await window_gate(run, cluster)
     if gate is not None:
         return gate
@@ -156,17 +164,27 @@ async def _apply(run: Delivery, uncertain: bool) -> Result:
     try:
         if certificates:
             await run.audit("apply", "warning", CERT_DOWNTIME_WARNING)
-            url = await deps.aks.begin_rotate_certificates(row.cluster_id)
+            accepted = await deps.aks.begin_rotate_certificates(row.cluster_id)
         else:
-            url = await deps.aks.begin_reset_service_principal(row.cluster_id, row.app_id or "", secret)
+            accepted = await deps.aks.begin_reset_service_principal(row.cluster_id, row.app_id or "", secret)
     except Exception as exc:
         answer = reset_answer(exc)
         if answer is None:
             raise
         return await _answered(run, exc, answer, uncertain=uncertain, certificates=certificates)
-    # Accepted. Whether an *earlier* reset went unanswered is what verify needs to know.
-    await run.save(phase=Phase.VERIFY, operation_url=url, reset_unanswered=uncertain, apply_tries=0)
+    await run.save(
+        phase=Phase.VERIFY,
+        operation_url=accepted.operation_url,
+        reset_accepted=True,
+        reset_unanswered=False,
+        apply_tries=0,
+        waiting_since=run.now(),
+        wait_alerted=False,
+    )
     what = "rotateClusterCertificates" if certificates else "resetServicePrincipalProfile"
+    if accepted.operation_url is None:
+        await run.audit("apply", "done", f"{what} answered 200: complete at once")
+        return Next()
     await run.audit("apply", "started", f"{what} accepted; polling its operation")
     delay = run.settings.lro_poll_seconds
     await run.requeue(delay, state=RotationState.RUNNING, detail="waiting for the AKS operation")
@@ -180,6 +198,7 @@ async def _answered(
     # Certainly not executed: go back to the mark of an earlier unanswered reset, if any (this try did not count).
     not_sent = {"reset_unanswered": uncertain, "apply_tries": run.row.apply_tries - 1 if uncertain else 0}
     if answer is ResetAnswer.REFUSED:
+        await run.save(**not_sent)  # certainly not executed: this try leaves no trace on the cluster
         if isinstance(exc, AuthorizationFailed):
             raise Failure(f"missing ARM permission '{exc.action}'", cleanup=not certificates) from None
         raise Failure(f"apply refused: {exc}", cleanup=not certificates) from None
@@ -198,10 +217,8 @@ async def _answered(
         return Wait(delay, "AKS refused the new secret")
     if answer is ResetAnswer.BUSY:
         # Not executed (409). A reset of ours may be the one running: the next look sees the cluster busy.
-        delay = run.settings.lro_poll_seconds
         await run.save(**not_sent)
-        await run.requeue(delay, state=RotationState.RUNNING, detail="another operation is in progress on the cluster")
-        return Wait(delay, "cluster busy")
+        return await waited_long(run, "another operation is in progress on the cluster", run.settings.lro_poll_seconds)
     if answer is ResetAnswer.THROTTLED:
         delay = run.settings.requeue_delay_seconds
         await run.save(**not_sent)
@@ -219,40 +236,73 @@ async def _answered(
 async def step_verify(run: Delivery) -> Result:
     deps, row = run.deps, run.row
     certificates = row.kind is CredentialKind.CLUSTER_CERTIFICATE
-    if not row.operation_url:
-        await run.save(phase=Phase.APPLY)
-        return Next()
-    result = await deps.aks.operation_status(row.operation_url)
-    if result.status in ("Failed", "Canceled"):
-        detail = f"verify: the AKS operation ended {result.status}: {result.error or 'no detail'}"
-        if row.reset_unanswered and not certificates:
-            assert row.vault_version is not None
-            await deps.vault.set_state(run.secret_name, row.vault_version, VersionState.UNCERTAIN)
-            raise Failure(
-                f"{detail}; an earlier reset went unanswered, so the cluster may hold the new secret: check it "
-                "(nothing was removed; Key Vault version tagged state=uncertain)",
-                cleanup=False,
-            )
-        # AKS semantics: a failed reset leaves the cluster on its old secret.
-        raise Failure(detail, cleanup=not certificates)
-    if result.status != "Succeeded":
-        delay = run.settings.lro_poll_seconds
-        await run.requeue(delay, state=RotationState.RUNNING, detail="AKS operation in progress")
-        return Wait(delay, "AKS operation in progress")
-    cluster = await deps.aks.get_cluster(row.cluster_id)
+    if row.operation_url:
+        result = await deps.aks.operation_status(row.operation_url)
+        if result.status in ("Failed", "Canceled"):
+            return await _reset_failed(run, result.status, result.error or "no detail", result.credentials_rejected)
+        if result.status != "Succeeded":
+            return await waited_long(run, "the AKS operation is in progress", run.settings.lro_poll_seconds)
+    cluster = await get_cluster(run)
     if cluster.provisioning_state != "Succeeded":
-        delay = run.settings.lro_poll_seconds
-        await run.requeue(delay, state=RotationState.RUNNING, detail=f"cluster is {cluster.provisioning_state}")
-        return Wait(delay, f"cluster is {cluster.provisioning_state}")
+        return await waited_long(run, f"cluster is {cluster.provisioning_state}", run.settings.lro_poll_seconds)
     if not certificates and (cluster.sp_client_id or "").lower() != (row.app_id or "").lower():
         # The reset succeeded but the cluster reports another client: do not touch any credential.
         raise Failure(
             f"verify: the cluster reports client {cluster.sp_client_id}, expected {row.app_id}", cleanup=False
         )
     await run.audit("verify", "ok", "operation Succeeded; cluster Succeeded with the same clientId")
+    await run.save(waiting_since=None, wait_alerted=False)
     if certificates:
         await run.save(state=RotationState.SUCCEEDED, phase=Phase.DONE, not_before=None)
         await run.audit("done", "succeeded", "cluster certificates rotated")
         return Done("certificates rotated")
     await run.save(phase=Phase.FINISH)
     return Next()
+
+
+async def _reset_failed(run: Delivery, status: str, error: str, credentials_rejected: bool) -> Result:
+    """An accepted reset ended Failed/Canceled. It may have moved some node pools to the new secret already, and
+    AKS may retry it: keep both passwords, mark the Key Vault version uncertain, alert, send it again (bounded)."""
+    deps, row = run.deps, run.row
+    detail = f"verify: the AKS operation ended {status}: {error}"
+    if row.kind is CredentialKind.CLUSTER_CERTIFICATE:
+        raise Failure(detail, cleanup=False)
+    await get_cluster(run)  # a deleted cluster ends the rotation (its new password is removed)
+    if credentials_rejected:
+        # AKS could not sign in with the new secret (not yet replicated): it changed nothing. Prove again.
+        await run.save(phase=Phase.PROVE, proof_count=0, operation_url=None, waiting_since=None, wait_alerted=False)
+        await run.audit("verify", "rejected", f"{detail}; proving the new secret again")
+        delay = run.settings.requeue_delay_seconds
+        await run.requeue(delay, state=RotationState.RUNNING, detail="AKS refused the new secret")
+        return Wait(delay, "AKS refused the new secret")
+    assert row.vault_version is not None
+    await deps.vault.set_state(run.secret_name, row.vault_version, VersionState.UNCERTAIN)
+    if row.resends >= MAX_RESENDS:
+        raise Failure(
+            f"{detail}; after {row.resends} more resets the cluster may hold either secret: check it (nothing was "
+            "removed; Key Vault version tagged state=uncertain)",
+            cleanup=False,
+        )
+    alert(
+        log,
+        EVENT_ROTATION_BLOCKED,
+        f"the reset ended {status} ({error}); some node pools may already use the new secret: both secrets stay "
+        f"valid, the Key Vault version is marked uncertain, and the reset is sent again ({row.resends + 1}/"
+        f"{MAX_RESENDS}) once the cluster settles",
+        rotation_id=run.rid,
+        cluster_id=row.cluster_id,
+        expires=row.observed_expiry,
+    )
+    await run.save(
+        phase=Phase.APPLY,
+        operation_url=None,
+        resends=row.resends + 1,
+        reset_unanswered=False,
+        apply_tries=0,
+        waiting_since=None,
+        wait_alerted=False,
+    )
+    await run.audit("verify", "failed_kept", f"{detail}; both secrets kept, sending the reset again")
+    delay = run.settings.lro_poll_seconds
+    await run.requeue(delay, state=RotationState.RUNNING, detail="sending the reset again")
+    return Wait(delay, "sending the reset again")

@@ -15,7 +15,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ClientAuthenticationError
 from pydantic import SecretStr
 
-from shared.aks import AksError, AuthorizationFailed, ClusterNotFound, effective_actions
+from shared.aks import AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound, effective_actions
 from shared.azure import ARM_AUDIENCE, secret_credential
 from shared.credentials import password_display_name, passwords, product_created
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, NewPassword, PasswordPolicyError
@@ -25,6 +25,7 @@ from shared.rotation.delivery import Delivery
 from shared.rotation.deps import Deps
 from shared.rotation.plan import Plan, is_due, plan
 from shared.rotation.results import Done, Failure, Next, Result, Wait
+from shared.rotation.waits import STOPPED_RECHECK, blocked, stopped_reason
 from shared.settings import Settings
 from shared.vault import StoredVersion, VaultError, VaultForbidden, VersionState, VersionTags
 
@@ -54,9 +55,9 @@ async def lookup(run: Delivery) -> AppCredentials:
     return creds
 
 
-async def check_rights(run: Delivery, creds: AppCredentials) -> list[StoredVersion]:
+async def check_rights(run: Delivery, creds: AppCredentials) -> tuple[ClusterInfo, list[StoredVersion]]:
     """Cheap checks that every right the rotation needs is there, before anything is created; returns the
-    cluster's Key Vault versions (read as one of the checks)."""
+    cluster and its Key Vault versions (read as part of the checks)."""
     deps, cluster_id = run.deps, run.row.cluster_id
     try:
         cluster = await deps.aks.get_cluster(cluster_id)
@@ -64,7 +65,7 @@ async def check_rights(run: Delivery, creds: AppCredentials) -> list[StoredVersi
     except AuthorizationFailed as exc:
         raise Failure(f"missing ARM permission '{exc.action}' ({exc})", cleanup=False) from None
     except ClusterNotFound:
-        raise Failure(f"cluster {cluster_id} no longer exists", cleanup=False) from None
+        raise Failure(f"cluster {cluster_id} no longer exists", cluster_gone=True) from None
     if (cluster.sp_client_id or "").lower() != (run.row.app_id or "").lower():
         raise Failure(
             f"the cluster no longer uses application {run.row.app_id} (it uses {cluster.sp_client_id or 'msi'})",
@@ -90,7 +91,7 @@ async def check_rights(run: Delivery, creds: AppCredentials) -> list[StoredVersi
                 "requires ownership; run `aks-rotator adopt`)",
                 cleanup=False,
             )
-    return versions
+    return cluster, versions
 
 
 async def require_actions(deps: Deps, cluster_id: str, actions: Sequence[str]) -> None:
@@ -121,12 +122,18 @@ def _pending_of(versions: Sequence[StoredVersion], rotation_id: str) -> list[Sto
 async def step_create(run: Delivery) -> Result:
     deps, rid, now = run.deps, run.rid, run.now()
     creds = await lookup(run)
-    versions = await check_rights(run, creds)
+    cluster, versions = await check_rights(run, creds)
     chosen = plan(rid, creds, versions, now)
     if run.row.phase is Phase.START and not is_due(run.row, chosen.observed_expiry, now, run.settings.threshold_days):
         await run.save(state=RotationState.SUCCEEDED, phase=Phase.SKIPPED, observed_expiry=chosen.observed_expiry)
         await run.audit("create", "skipped", "the credential is no longer due; nothing changed")
         return Done("not due")
+    if cluster.stopped and run.row.phase is Phase.START:
+        # Nothing is created for a cluster that cannot take it: say so now, look again later.
+        if run.row.observed_expiry is None and chosen.observed_expiry is not None:
+            await run.save(observed_expiry=chosen.observed_expiry)
+        expiry = run.row.observed_expiry
+        return await blocked(run, stopped_reason(cluster, expiry), int(STOPPED_RECHECK.total_seconds()))
     await run.save(
         phase=Phase.CREATE,
         state=RotationState.RUNNING,

@@ -146,7 +146,7 @@ async def fail(run: Delivery, failure: Failure) -> Result:
     phase = run.row.phase
     reason = failure.reason if failure.reason.startswith(phase) else f"{phase}: {failure.reason}"
     # Never clean up once the cluster may hold the new secret (finish, retire): that would break it.
-    if failure.cleanup and failure_may_clean_up(run.row):
+    if failure.cleanup and failure_may_clean_up(run.row, cluster_gone=failure.cluster_gone):
         failed = phase if phase is not Phase.CLEANUP else run.row.failed_phase
         await run.save(
             phase=Phase.CLEANUP, failed_phase=failed, failure_reason=redact(reason), state=RotationState.RUNNING

@@ -1,10 +1,10 @@
 """What each phase of a rotation means: the one table the delivery machine, the poison handler and the views read.
 
 Two clean-up columns, different on purpose:
-* `failure_may_clean_up` — a step *observed* a definitive failure here: removing the new password is safe as long
-  as the cluster cannot hold it. After AKS accepted a reset (verify) an operation that ended Failed leaves the
-  cluster on its old secret, so a failure observed in verify may still clean up (unless an earlier reset went
-  unanswered: the step itself then forbids it).
+* `failure_may_clean_up` — a step *observed* a definitive failure here: removing the new password is safe only
+  while no part of the cluster can hold it. A reset is a node image upgrade: an operation that ended Failed or
+  Canceled may already have given the new secret to some node pools, and AKS may retry it. So from the first
+  accepted (or unanswered) reset on, nothing is removed, in any phase (`RotationRecord.cluster_may_hold_new`).
 * `poison_may_clean_up` — the message failed five times and *nothing was observed*: clean up only where no reset
   was ever accepted (start to apply, and never after an unanswered reset), because a poisoned verify does not know
   whether the cluster switched.
@@ -33,7 +33,7 @@ PHASES: dict[Phase, PhaseSpec] = {
     Phase.STORE: PhaseSpec("store", True, True, "no stored secret recorded: create reconciles what is there"),
     Phase.PROVE: PhaseSpec("prove", True, True, "stored in Key Vault; proving Entra accepts it; cluster unchanged"),
     Phase.APPLY: PhaseSpec("apply", True, True, "waiting for the window or sending the reset"),
-    Phase.VERIFY: PhaseSpec("verify", True, False, "a reset was accepted; polling its operation"),
+    Phase.VERIFY: PhaseSpec("verify", False, False, "a reset was accepted; polling its operation"),
     Phase.FINISH: PhaseSpec("finish", False, False, "the cluster holds the new secret; promoting it in Key Vault"),
     Phase.RETIRE: PhaseSpec("retire", False, False, "grace period, then remove the old password(s) nobody uses"),
     Phase.CLEANUP: PhaseSpec("retire", True, True, "removing what a failed rotation created (idempotent)"),
@@ -45,9 +45,14 @@ PHASES: dict[Phase, PhaseSpec] = {
 CERTIFICATE_SKIPS = frozenset({Phase.START, Phase.CREATE, Phase.STORE, Phase.PROVE})
 
 
-def failure_may_clean_up(row: RotationRecord) -> bool:
-    return PHASES[row.phase].failure_may_clean_up and row.kind is CredentialKind.SP_SECRET
+def failure_may_clean_up(row: RotationRecord, *, cluster_gone: bool = False) -> bool:
+    """A deleted cluster holds nothing: its rotation's new password may go whatever happened before finish."""
+    if row.kind is not CredentialKind.SP_SECRET:
+        return False
+    if cluster_gone:
+        return row.phase not in (Phase.FINISH, Phase.RETIRE)
+    return PHASES[row.phase].failure_may_clean_up and not row.cluster_may_hold_new
 
 
 def poison_may_clean_up(row: RotationRecord) -> bool:
-    return PHASES[row.phase].poison_may_clean_up and not row.reset_unanswered
+    return PHASES[row.phase].poison_may_clean_up and not row.cluster_may_hold_new

@@ -78,6 +78,11 @@ def is_urgent(row: RotationRecord, now: datetime, urgent_days: int) -> bool:
     return expiry is not None and expiry - now <= timedelta(days=urgent_days)
 
 
+def urgent_point(row: RotationRecord, urgent_days: int) -> datetime | None:
+    """When the rotation becomes urgent (`expiry - URGENT_DAYS`): no wait may last beyond it."""
+    return None if row.observed_expiry is None else row.observed_expiry - timedelta(days=urgent_days)
+
+
 def retire_candidates(old_key_ids: Iterable[str], new_key_id: str | None, present: Mapping[str, object]) -> list[str]:
     """Old keys (lower case) still on the application, never the new one."""
     new = (new_key_id or "").lower()

@@ -10,10 +10,11 @@ from shared.record import RotationState
 class Failure(Exception):
     """A definitive failure: the rotation ends failed, with clean-up when `cleanup` and the phase table allow it."""
 
-    def __init__(self, reason: str, *, cleanup: bool = True) -> None:
+    def __init__(self, reason: str, *, cleanup: bool = True, cluster_gone: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.cleanup = cleanup
+        self.cluster_gone = cluster_gone  # the cluster was deleted: nothing can hold the new secret any more
 
 
 @dataclass(frozen=True)
