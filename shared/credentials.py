@@ -1,8 +1,11 @@
 """Which password a cluster uses: the one rule discovery (when is it due) and rotation (what to replace) share.
 
 ARM never says which password of an application a cluster holds. Key Vault knows it when this product rotated
-the cluster (the `key-id` of the version tagged `state=current` for the same application); otherwise every
-password of the application and its service principal counts and the earliest active expiry decides.
+the cluster (the `key-id` of the version tagged `state=current` for the same application) — unless someone added a
+newer password outside the product since (`az aks update-credentials` by hand): then Key Vault no longer knows.
+Otherwise every password the cluster may hold counts and the earliest expiry decides; the rule never hides an
+expiry: a password that expired recently still counts (the cluster may be holding it: that is an outage to fix at
+once), and a password the product created for a rotation that has not finished does not mask an older one.
 See docs/design.md, "Which secret does the cluster use".
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from shared.graph import AppCredentials, Holder, PasswordInfo
@@ -19,11 +22,13 @@ from shared.graph import AppCredentials, Holder, PasswordInfo
 DISPLAY_NAME_PREFIX = "aks-rotator"
 _ROTATION_ID = re.compile(r"\b([0-9a-f]{32})\b")
 _FAR = datetime.max.replace(tzinfo=UTC)
+RECENTLY_EXPIRED = timedelta(days=7)  # an expired password counts this long: the cluster may still be holding it
 
 
 class Basis(enum.StrEnum):
     KEYVAULT = "keyvault"  # Key Vault's current version names the key
-    EARLIEST = "earliest"  # unknown: the earliest active expiry decides
+    EARLIEST = "earliest"  # unknown: the earliest expiry of the passwords the cluster may hold decides
+    CHANGED_OUTSIDE = "changed_outside"  # Key Vault's key, or a newer one added outside the product: earliest
 
 
 def password_display_name(rotation_id: str) -> str:
@@ -66,29 +71,50 @@ class InUse(NamedTuple):
     basis: Basis
 
 
-def find_in_use(
+def _after(password: PasswordInfo, known: PasswordInfo) -> bool:
+    return password.start is not None and known.start is not None and password.start > known.start
+
+
+def choose(
     creds: AppCredentials, vault_key_id: str | None, now: datetime, *, ignore_rotation: str | None = None
-) -> HeldPassword | None:
-    """The password the cluster uses, or None when the application has none to choose from.
+) -> tuple[HeldPassword, Basis] | None:
+    """The password the cluster uses and the basis of the choice, or None when there is none to choose from.
 
     `ignore_rotation`: passwords created by that rotation are not candidates (a rotation planning itself)."""
     everything = [
         h for h in passwords(creds) if ignore_rotation is None or product_created(h.password) != ignore_rotation
     ]
-    if vault_key_id:
-        known = next((h for h in everything if h.password.key_id.lower() == vault_key_id.lower()), None)
-        if known is not None:
-            return known
-    active = [h for h in everything if h.password.end is None or h.password.end > now] or everything
-    if not active:
-        return None
-    return min(active, key=lambda h: (h.password.end or _FAR, h.password.key_id))
+    foreign = [h for h in everything if product_created(h.password) is None]
+    known = next((h for h in everything if vault_key_id and h.password.key_id.lower() == vault_key_id.lower()), None)
+    if known is not None:
+        newer = [h for h in foreign if _after(h.password, known.password)]
+        if not newer:
+            return known, Basis.KEYVAULT
+        return _earliest([known, *newer]), Basis.CHANGED_OUTSIDE
+    # Unknown: the passwords the cluster may hold. A product-created password belongs to a rotation (this cluster's
+    # unfinished one, or another cluster's): it counts only when nothing else is there.
+    candidates = foreign or everything
+    live = [h for h in candidates if h.password.end is None or h.password.end > now - RECENTLY_EXPIRED]
+    chosen = _earliest(live or candidates) if candidates else None
+    return None if chosen is None else (chosen, Basis.EARLIEST)
+
+
+def _earliest(held: list[HeldPassword]) -> HeldPassword:
+    return min(held, key=lambda h: (h.password.end or _FAR, h.password.key_id))
+
+
+def find_in_use(
+    creds: AppCredentials, vault_key_id: str | None, now: datetime, *, ignore_rotation: str | None = None
+) -> HeldPassword | None:
+    """The password the cluster uses (see `choose`)."""
+    found = choose(creds, vault_key_id, now, ignore_rotation=ignore_rotation)
+    return None if found is None else found[0]
 
 
 def credential_in_use(creds: AppCredentials, vault_key_id: str | None, now: datetime) -> InUse | None:
     """The password that decides when the cluster's secret expires, and the basis of the choice."""
-    found = find_in_use(creds, vault_key_id, now)
+    found = choose(creds, vault_key_id, now)
     if found is None:
         return None
-    known = vault_key_id is not None and found.password.key_id.lower() == vault_key_id.lower()
-    return InUse(found.holder, found.password, Basis.KEYVAULT if known else Basis.EARLIEST)
+    held, basis = found
+    return InUse(held.holder, held.password, basis)

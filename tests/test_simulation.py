@@ -153,11 +153,6 @@ def test_window_wait_ends_before_the_urgent_point(make_world: Any, emulator: Emu
 
 
 # -- which password a cluster uses ----------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11.5: after someone runs update-credentials by hand with a newer, shorter password, Key Vault "
-    "still names the product's key and the cluster's real expiry is hidden",
-)
 def test_hand_rotation_outside_the_product_is_noticed(make_world: Any, emulator: EmulatorControl) -> None:
     world = make_world([{"name": "aks-a", "days": 10}])
     world.run(2)  # the product rotates aks-a: Key Vault knows its key

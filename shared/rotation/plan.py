@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.credentials import find_in_use, passwords, product_created
+from shared.credentials import Basis, choose, passwords, product_created
 from shared.graph import AppCredentials, Holder
 from shared.record import RotationRecord
 from shared.rotation.results import Failure
@@ -31,26 +31,34 @@ class Plan:
 def plan(rotation_id: str, creds: AppCredentials, versions: Sequence[StoredVersion], now: datetime) -> Plan:
     """The holder and the keys to retire later. See docs/design.md, "Which secret does the cluster use"."""
     everything = passwords(creds)
-    present = {h.password.key_id.lower(): h for h in everything}
+    present = {h.password.key_id.lower() for h in everything}
     ours = [v for v in versions if v.labels.of_app(creds.app_id)]
     current = next((v for v in ours if v.labels.state is VersionState.CURRENT), None)
-    if current is not None and current.labels.key_id in present:
-        used = present[current.labels.key_id]
-        old = [used.password.key_id]
-        # Keys of this cluster's earlier rotations that are still there (e.g. kept while another cluster used them).
-        for version in ours:
-            key = version.labels.key_id
-            if version.labels.state is VersionState.PREVIOUS and key in present and key not in old:
-                old.append(key)
-        return Plan(used.holder, used.object_id, old, used.password.end, "the cluster's key is known from Key Vault")
-    chosen = find_in_use(creds, None, now, ignore_rotation=rotation_id)
-    if chosen is None:
+    found = choose(creds, current.labels.key_id if current else None, now, ignore_rotation=rotation_id)
+    if found is None:
         # No password at all: add to the application (or the service principal if no application is visible).
         if creds.application_object_id:
             return Plan("application", creds.application_object_id, [], None, "the application has no password")
         if creds.service_principal_object_id:
             return Plan("servicePrincipal", creds.service_principal_object_id, [], None, "no password")
         raise Failure(f"application {creds.app_id} is not visible to the product", cleanup=False)
+    chosen, basis = found
+    if basis is Basis.KEYVAULT:
+        old = [chosen.password.key_id]
+        # Keys of this cluster's earlier rotations that are still there (e.g. kept while another cluster used them).
+        for version in ours:
+            key = version.labels.key_id
+            if version.labels.state is VersionState.PREVIOUS and key in present and key not in old:
+                old.append(key)
+        return Plan(
+            chosen.holder, chosen.object_id, old, chosen.password.end, "the cluster's key is known from Key Vault"
+        )
+    if basis is Basis.CHANGED_OUTSIDE:
+        note = (
+            "a password newer than Key Vault's was added outside the product: which one the cluster holds is unknown, "
+            "so the earliest expiry decides and no pre-existing password will be removed"
+        )
+        return Plan(chosen.holder, chosen.object_id, [], chosen.password.end, note)
     # Passwords created by this product for other clusters' rotations are not candidates: Key Vault knows them.
     foreign = [h for h in everything if product_created(h.password) is None]
     if len(foreign) == 1 and foreign[0].object_id == chosen.object_id:

@@ -32,10 +32,11 @@ def test_credential_in_use_rules() -> None:
         (_password("k1", 5), _password("k2", 90)),
         (_password("k3", -2), _password("k4", None)),
     )
-    assert credential_in_use(app, None, NOW) == ("application", app.application_passwords[0], "earliest")
+    # k3 expired two days ago: the cluster may be holding it, so it decides (an outage to fix at once).
+    assert credential_in_use(app, None, NOW) == ("servicePrincipal", app.service_principal_passwords[0], "earliest")
     assert credential_in_use(app, "K2", NOW) == ("application", app.application_passwords[1], "keyvault")
     # Key Vault names a key the app no longer has: back to the earliest rule.
-    assert credential_in_use(app, "gone", NOW) == ("application", app.application_passwords[0], "earliest")
+    assert credential_in_use(app, "gone", NOW) == ("servicePrincipal", app.service_principal_passwords[0], "earliest")
     expired = AppCredentials("a", "o", None, (_password("x", -3), _password("y", -1)), ())
     assert credential_in_use(expired, None, NOW) == ("application", expired.application_passwords[0], "earliest")
     # Passwords on an object the product cannot see do not count; no password at all: None.
@@ -47,7 +48,8 @@ def test_credential_in_use_rules() -> None:
     [
         ((30.0,), (10.0,), "s0", "servicePrincipal"),  # the earliest active expiry wins, whichever object holds it
         ((None,), (10.0,), "s0", "servicePrincipal"),  # no end date counts as the latest
-        ((-1.0, 40.0), (), "a1", "application"),  # an expired password is not the one in use while others live
+        ((-10.0, 40.0), (), "a1", "application"),  # long expired: not the one in use while others live
+        ((-1.0, 40.0), (), "a0", "application"),  # expired recently: the cluster may hold it, it counts
         ((-5.0, -1.0), (), "a0", "application"),  # all expired: the earliest of them
     ],
 )
@@ -64,6 +66,31 @@ def test_earliest_rule(
     found = credential_in_use(creds, None, NOW)
     assert found is not None and found.password.key_id == expected and found.holder == holder
     assert found.basis is Basis.EARLIEST
+
+
+def _started(key: str, days: float, started_days_ago: float, name: str | None = None) -> PasswordInfo:
+    return PasswordInfo(key, name, NOW - timedelta(days=started_days_ago), NOW + timedelta(days=days), None)
+
+
+def test_a_newer_password_added_outside_the_product_means_key_vault_no_longer_knows() -> None:
+    known = _started("kv", 150, 30, password_display_name(RID))
+    by_hand = _started("hand", 20, 2, "rbac")
+    creds = AppCredentials("a", "app-obj", None, (known, by_hand), ())
+    found = credential_in_use(creds, "kv", NOW)
+    assert found == ("application", by_hand, Basis.CHANGED_OUTSIDE)  # the earliest of the two it may hold
+    older = _started("old", 5, 60, "rbac")  # older than Key Vault's key: it does not change what Key Vault knows
+    assert credential_in_use(AppCredentials("a", "app-obj", None, (known, older), ()), "kv", NOW) == (
+        "application",
+        known,
+        Basis.KEYVAULT,
+    )
+
+
+def test_a_pending_product_password_does_not_mask_an_older_one() -> None:
+    pending = _password("new", 180, password_display_name(RID))
+    creds = AppCredentials("a", "app-obj", None, (_password("old", -1), pending), ())
+    found = credential_in_use(creds, None, NOW)
+    assert found is not None and found.password.key_id == "old"
 
 
 def test_a_rotation_never_plans_on_its_own_password() -> None:

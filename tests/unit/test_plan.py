@@ -65,11 +65,26 @@ def test_single_foreign_password_on_the_holder_is_the_old_key() -> None:
     assert result.old_key_ids == ["k1"] and result.holder == "application" and "single" in result.note
 
 
-def test_single_foreign_password_on_the_other_object_is_not_retired() -> None:
-    # The earliest active password is a product-created one on the application; the only foreign one is on the SP.
+def test_another_rotations_password_does_not_mask_the_foreign_one() -> None:
+    # A product-created password (another cluster's rotation) expires first; the only foreign one is on the SP:
+    # that is the one this cluster holds (Key Vault does not name it), so it decides and is retired later.
     ours = pw("p1", 5, password_display_name(OTHER))
     result = plan(RID, creds((ours,), (pw("s1", 50),)), [], NOW)
+    assert (result.holder, result.object_id) == ("servicePrincipal", "S") and result.old_key_ids == ["s1"]
+
+
+def test_single_foreign_password_on_the_other_object_is_not_retired() -> None:
+    # Two foreign passwords, the earliest on the application: nothing is known, nothing pre-existing is retired.
+    result = plan(RID, creds((pw("a1", 5),), (pw("s1", 50),)), [], NOW)
     assert (result.holder, result.object_id) == ("application", "A") and result.old_key_ids == []
+
+
+def test_a_newer_password_added_by_hand_is_never_retired() -> None:
+    known = PasswordInfo("k1", password_display_name(OTHER), NOW - timedelta(days=30), NOW + timedelta(days=150), None)
+    by_hand = PasswordInfo("h1", "rbac", NOW - timedelta(days=1), NOW + timedelta(days=20), None)
+    result = plan(RID, creds((known, by_hand)), [version("k1", "current")], NOW)
+    assert result.old_key_ids == [] and result.observed_expiry == NOW + timedelta(days=20)
+    assert "outside the product" in result.note
 
 
 def test_this_rotations_own_password_is_never_the_plan() -> None:
