@@ -106,17 +106,23 @@ class TokenBucket:
         self.refill = refill_per_second
         self._levels: dict[str, tuple[float, float]] = {}
 
-    def take(self, key: str) -> tuple[bool, int, float]:
-        """(allowed, remaining, seconds until one token is available)."""
+    def take(self, key: str, cost: float = 1.0) -> tuple[bool, int, float]:
+        """(allowed, remaining, seconds until `cost` tokens are available). A refused request takes nothing."""
         now = time.monotonic()
         level, since = self._levels.get(key, (self.capacity, now))
         level = min(self.capacity, level + (now - since) * self.refill)
-        if level >= 1.0:
-            level -= 1.0
+        self._levels[key] = (level, now)
+        if level >= cost:
+            level -= cost
             self._levels[key] = (level, now)
             return True, int(level), 0.0
-        self._levels[key] = (level, now)
-        return False, 0, (1.0 - level) / self.refill
+        return False, 0, (cost - level) / self.refill
+
+    def used(self, key: str) -> float:
+        """Fraction of the capacity in use for `key` now (0 when it never called)."""
+        level, since = self._levels.get(key, (self.capacity, time.monotonic()))
+        level = min(self.capacity, level + (time.monotonic() - since) * self.refill)
+        return 1.0 - level / self.capacity
 
 
 class WindowQuota:
