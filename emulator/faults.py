@@ -10,6 +10,8 @@ import fnmatch
 import random
 import time
 import uuid
+import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -146,3 +148,31 @@ class WindowQuota:
         used += 1
         self._windows[key] = (start, used)
         return True, self.limit - used, resets
+
+
+class RefusalStreaks:
+    """Judge-side record of quota refusals (429s), kept in the request counts: `throttled.<surface>` counts every
+    refusal and `throttled_again.<surface>` every refusal of a request whose previous attempt was refused too (a
+    client that does not wait long enough). A request is identified by `key` (caller, method, URL or body)."""
+
+    def __init__(self) -> None:
+        self._streaks: dict[tuple[str, ...], int] = {}
+
+    def record(self, counts: Counter[str], surface: str, key: tuple[str, ...], refused: bool) -> None:
+        full = (surface, *key)
+        if not refused:
+            self._streaks.pop(full, None)
+            return
+        streak = self._streaks.get(full, 0) + 1
+        self._streaks[full] = streak
+        counts[f"throttled.{surface}"] += 1
+        if streak > 1:
+            counts[f"throttled_again.{surface}"] += 1
+
+
+_STREAKS: weakref.WeakKeyDictionary[object, RefusalStreaks] = weakref.WeakKeyDictionary()
+
+
+def refusals(owner: object) -> RefusalStreaks:
+    """The refusal record of one emulator (`owner`)."""
+    return _STREAKS.setdefault(owner, RefusalStreaks())

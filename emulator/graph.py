@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote, urlsplit
 from aiohttp import web
 from multidict import MultiDict
 
+from emulator.faults import refusals
 from emulator.server import MUTATING, Emulator, Reply, emulator_of, error, json_body, throttled
 from emulator.state import (
     Application,
@@ -690,9 +691,11 @@ def resource_units(op: Op, method: str, query: MultiDict[str]) -> int:
     return max(1, cost)
 
 
-def _rate_limited(emu: Emulator, claims: Claims, units: int) -> web.Response | None:
-    """429 once the caller's resource units per app and tenant are spent, with Graph's throttling headers."""
+def _rate_limited(emu: Emulator, claims: Claims, units: int, request: tuple[str, str]) -> web.Response | None:
+    """429 once the caller's resource units per app and tenant are spent, with Graph's throttling headers.
+    `request` (method, URL) identifies retries of one request in the refusal record."""
     allowed, _, wait = emu.graph_rate.take(claims.app_id, units)
+    refusals(emu).record(emu.counts, SURFACE, (claims.app_id, *request), not allowed)
     if allowed:
         return None
     response = throttled(SURFACE, wait)
@@ -719,7 +722,7 @@ def _handler(op: Op) -> Callable[[web.Request], Any]:
         claims = emu.authenticate(request, SURFACE)
         query = MultiDict(request.query)
         units = resource_units(op, request.method, query)
-        limited = _rate_limited(emu, claims, units)
+        limited = _rate_limited(emu, claims, units, (request.method, request.path_qs))
         if limited is not None:
             return limited
         body = json_body(await request.text(), SURFACE) if request.method in MUTATING else None
@@ -786,7 +789,7 @@ def _dispatch_item(emu: Emulator, claims: Claims, item: dict[str, Any]) -> dict[
         failure = GraphFailure(rule.status, "ServiceUnavailable", rule.message or "Injected fault")
         return _batch_item(rule.status, item_id, _failure_response(failure))
     units = resource_units(op, method, query)
-    limited = _rate_limited(emu, claims, units)
+    limited = _rate_limited(emu, claims, units, (method, str(item.get("url", ""))))
     if limited is not None:
         return _batch_item(429, item_id, limited)
     body = item.get("body")

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from emulator.arm import authorization_failed, cluster_json
+from emulator.faults import refusals
 from emulator.server import Emulator, Reply, emulator_of, json_body
 from emulator.state import Cluster, Estate
 from emulator.tokens import Claims
@@ -167,7 +168,9 @@ def _offset(token: str, fingerprint: str) -> int:
 async def resources(request: web.Request) -> web.Response:
     emu = emulator_of(request)
     claims = emu.authenticate(request, "resourcegraph")
+    text = await request.text()
     allowed, remaining, resets = emu.rg_quota.take(claims.app_id)
+    refusals(emu).record(emu.counts, "resourcegraph", (claims.app_id, text), not allowed)
     quota = {"x-ms-user-quota-remaining": str(remaining), "x-ms-user-quota-resets-after": _resets_after(resets)}
     if not allowed:
         detail = (
@@ -177,7 +180,7 @@ async def resources(request: web.Request) -> web.Response:
         headers = {**quota, "Retry-After": str(max(1, math.ceil(resets)))}
         raise _error(429, "RateLimiting", [{"code": "RateLimiting", "message": detail}], headers)
     try:
-        response = _answer(emu, claims_app=claims.app_id, body=json_body(await request.text(), "resourcegraph"))
+        response = _answer(emu, claims_app=claims.app_id, body=json_body(text, "resourcegraph"))
     except Reply as reply:
         reply.response.headers.update(quota)
         raise
