@@ -224,7 +224,7 @@ async def _subscriptions(settings: Settings, credential: ClientSecretCredential)
 async def product(settings: Settings) -> discovery.ScanReport:
     credential = product_credential(settings)
     try:
-        return await discovery.scan(settings, dry_run=True, credential=credential)
+        return await discovery.scan(settings, dry_run=True, credential=credential, keep="due")
     finally:
         await credential.close()
 

@@ -1139,7 +1139,7 @@ async def run_scheduled(settings: Settings, *, past_due: bool = False) -> ScanRe
     if past_due:
         log_event(log, logging.WARNING, "discovery.past_due", "the discovery timer is past due; scanning now")
     try:
-        report = await scan(settings)
+        report = await scan(settings, keep="due")
     except DiscoveryError as exc:
         log_event(log, logging.ERROR, "discovery.failed", f"discovery failed, nothing queued: {exc}", alert=True)
         raise
