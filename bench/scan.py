@@ -12,11 +12,11 @@ request is answered L ms late), then, in this one process:
   `ContainerServiceClient`, then per cluster one Graph call `applications(appId='...')` for its passwords,
   sequentially.
 
-Requests are the emulator's own counts (`/_emulator/requests` deltas; a `$batch` counts as one HTTP request).
-Peak RSS is sampled from /proc/self/statm every 5 ms while each phase runs (the process's RSS, so the baseline
-phase includes what the product phase left allocated). Prints JSON:
-`{clusters, subscriptions, latency_ms, product{seconds,requests,peak_rss_mb}, baseline{...}|null, speedup,
-request_ratio}`.
+Requests are the emulator's own counts (`/_emulator/requests` deltas; a `$batch` counts as one HTTP request), also
+per service; `throttled` / `throttled_again` are the quota refusals the emulator answered (429) and those of a
+request whose previous attempt was refused too. `peak_rss_mb` of the product is the whole process's VmHWM (it runs
+first); `emulator_cpu_seconds` is the emulator process's CPU during the phase. `quota_floor` is the fastest scan
+the published quotas allow for this estate (see `quota_floor`), `floor_ratio` = product seconds / floor.
 """
 
 from __future__ import annotations
