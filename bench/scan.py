@@ -33,17 +33,17 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime
+from datetime import UTC
 from types import TracebackType
 from typing import Any
 
 from azure.identity.aio import ClientSecretCredential
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, EmulatorProcess, LocalAzure
-from shared import discovery
+from shared import clock, discovery
 from shared.azure import container_service, graph_client, product_credential
 from shared.settings import Settings
 
@@ -177,7 +177,7 @@ async def baseline(settings: Settings) -> dict[str, Any]:
         disable_instance_discovery=True,
         connection_verify=settings.ca_bundle,
     )
-    now = datetime.now(UTC)
+    now = clock.now()
     due = 0
     clusters = 0
     try:
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         product_numbers["actions"] = report.by_action()
         product_numbers["stage_seconds"] = {k: round(v, 3) for k, v in report.stage_seconds.items()}
         product_numbers["used_fallback"] = report.used_fallback
-        floor = quota_floor(estate.generate(args.clusters, args.subscriptions, args.seed))
+        floor = quota_floor(seeds.generate(args.clusters, args.subscriptions, args.seed))
         result: dict[str, Any] = {
             "clusters": report.clusters,
             "subscriptions": report.subscriptions,

@@ -12,18 +12,18 @@ import httpx
 import pytest
 from multidict import MultiDict
 
-from emulator import estate, graph, resource_graph
-from emulator.arm import can, visible_subscriptions
+from emulator import graph, resource_graph, seeds
+from emulator.core import Emulator
+from emulator.rbac import can, visible_subscriptions
 from emulator.sandbox import EmulatorProcess
-from emulator.server import Emulator
-from emulator.state import ROTATOR_ARM_ACTIONS
+from emulator.seeds import ROTATOR_ARM_ACTIONS
 
 OTHER = "0b9c7c55-0000-4000-8000-000000000001"
 
 
 def _mixed_estate() -> dict[str, Any]:
     """Grants at subscription, resource-group and cluster scope, a read-less grant and another principal's."""
-    doc = estate.generate(clusters=120, subscriptions=6, seed=5)
+    doc = seeds.generate(clusters=120, subscriptions=6, seed=5)
     subs = [s["id"] for s in doc["subscriptions"]]
     product = doc["product"]["app_id"]
     clusters = doc["clusters"]

@@ -19,7 +19,7 @@ from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import runtime
@@ -184,7 +184,7 @@ def test_event_for_a_secret_the_product_does_not_own_is_ignored(
     function_app_module: Any, app_env: dict[str, str], emulator: EmulatorControl
 ) -> None:
     emulator.clear_requests()
-    sub = estate.demo()["subscriptions"][0]["id"]
+    sub = seeds.demo()["subscriptions"][0]["id"]
     event = func.EventGridEvent(
         id="7b1f3c2a-0000-4000-8000-000000000001",
         topic=f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/rotator-kv",

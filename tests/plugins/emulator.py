@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from azure.keyvault.secrets._shared import http_challenge_cache
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, EmulatorProcess, settings_env
 from shared.settings import Settings
@@ -27,7 +27,7 @@ def emulator_process() -> Iterator[EmulatorProcess]:
 def emulator(emulator_process: EmulatorProcess) -> EmulatorControl:
     """The emulator, reset to the demo estate with no faults. Tests may `reset()` it to their own estate."""
     control = emulator_process.control
-    control.reset(estate.demo())
+    control.reset(seeds.demo())
     http_challenge_cache.clear()  # the Key Vault SDK caches challenges per host:port, process-wide
     return control
 

@@ -9,8 +9,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from emulator.state import ROTATOR_ARM_ACTIONS
-
+# The product's custom role, as infra/ grants it: the estates give the product exactly these actions.
+ROTATOR_ARM_ACTIONS: tuple[str, ...] = tuple(
+    json.loads((Path(__file__).resolve().parent.parent / "infra" / "app" / "rotator-role-actions.json").read_text())
+)
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 PRODUCT_APP_ID = "5f0c1d2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f"
 VAULT = "rotator-kv"
