@@ -23,10 +23,19 @@ app = func.FunctionApp()
 
 @app.timer_trigger(arg_name="timer", schedule="%ROTATION_SCHEDULE%", use_monitor=True, run_on_startup=False)
 async def scan_estate(timer: func.TimerRequest) -> None:
-    """Daily: find credentials nearing expiry and queue one rotation message per credential."""
-    from shared import discovery
+    """Daily: find credentials nearing expiry and queue one rotation message per credential (a large estate:
+    one shard message per subscription group instead)."""
+    from shared import shards
 
-    await discovery.run_scheduled(settings(), past_due=timer.past_due)
+    await shards.run_scheduled(settings(), past_due=timer.past_due)
+
+
+@app.queue_trigger(arg_name="msg", queue_name="%ROTATION_QUEUE%-scan", connection="AzureWebJobsStorage")
+async def scan_shard(msg: func.QueueMessage) -> None:
+    """One subscription group of a sharded scan; the shard completing the run queues its rotations."""
+    from shared import shards
+
+    await shards.handle_shard(settings(), msg.get_body().decode("utf-8"))
 
 
 @app.queue_trigger(arg_name="msg", queue_name="%ROTATION_QUEUE%", connection="AzureWebJobsStorage")

@@ -35,7 +35,7 @@ from shared.credentials import credential_in_use
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
 from shared.logs import EVENT_CREDENTIAL_OVERDUE, alert, log_event
 from shared.messages import CredentialKind, InvalidInput, Reason, new_correlation_id, new_rotation_message
-from shared.resource_graph import PAGE_SIZE, ResourceGraphError, ResourceGraphRefused, cluster_pages, query_clusters
+from shared.resource_graph import PAGE_SIZE, ResourceGraphError, ResourceGraphRefused, cluster_pages
 from shared.settings import Settings
 from shared.vault import SECRET_PREFIX, VaultError, VaultForbidden, VaultStore, VersionTags, secret_name_for
 
@@ -205,52 +205,6 @@ class _Run:
 
 
 # -- collect: clusters -----------------------------------------------------------------------------------------
-async def _inventory(
-    run: _Run, credential: AsyncTokenCredential, aks: AksClient, sdk_kwargs: dict[str, Any]
-) -> tuple[list[ClusterInfo], int, bool]:
-    """(clusters, subscriptions scanned, used the ARM fallback).
-
-    Resource Graph pages are sequential (`$skipToken`), so the subscriptions are split into up to
-    `RESOURCE_GRAPH_SHARDS` groups queried concurrently; that needs the subscription list first (one ARM call
-    unless the allow-list gives it)."""
-    settings = run.settings
-    allow = list(settings.subscription_allowlist) or None
-    subscriptions = allow
-    run.tick("clusters", 0, 1)
-    if subscriptions is None:
-        try:
-            run.requests["arm.listSubscriptions"] += 1
-            subscriptions = await aks.list_subscriptions()
-        except (AksError, AzureError):
-            subscriptions = None  # one unscoped query: every subscription Resource Graph lets us see
-    shards: list[list[str] | None] = [None]
-    if subscriptions is not None:
-        count = max(1, min(RESOURCE_GRAPH_SHARDS, len(subscriptions)))
-        shards = [subscriptions[i::count] for i in range(count)]
-    run.requests["resourcegraph.query"] += len(shards)
-    results = await asyncio.gather(
-        *(query_clusters(settings, credential, shard, **sdk_kwargs) for shard in shards), return_exceptions=True
-    )
-    failed = next((r for r in results if isinstance(r, BaseException)), None)
-    if failed is None:
-        clusters = _unique(c for result in results if isinstance(result, list) for c in result)
-        run.tick("clusters", 1, 1)
-        seen = len(subscriptions) if subscriptions is not None else len({c.subscription_id.lower() for c in clusters})
-        return clusters, seen, False
-    if not isinstance(failed, ResourceGraphRefused | ResourceGraphError):
-        raise failed
-    log_event(
-        log,
-        logging.WARNING,
-        "discovery.fallback",
-        "Resource Graph is not usable; listing clusters per subscription through ARM",
-        reason=str(failed),
-    )
-    run.errors.append(f"Resource Graph not used ({failed}); clusters were listed per subscription through ARM")
-    listed, count = await _arm_inventory(run, aks, subscriptions)
-    return _unique(listed), count, True
-
-
 async def _arm_inventory(run: _Run, aks: AksClient, allow: list[str] | None) -> tuple[list[ClusterInfo], int]:
     if allow is None:
         try:
@@ -783,6 +737,7 @@ async def scan(
     keep: Keep = "all",
     subscriptions: Sequence[str] | None = None,
     queue: bool = True,
+    log_completed: bool = True,
 ) -> ScanReport:
     """Inventory, decide, queue (unless `dry_run`). Raises DiscoveryError (nothing queued) when the inventory
     cannot be trusted, e.g. the identity lacks a right; other problems are listed in `ScanReport.errors`.
@@ -791,7 +746,8 @@ async def scan(
     page's findings are reported (telemetry) and let go unless `keep` says to keep them ("due": only those within
     their window, for the timer; "all": every one, for the CLI). Only queue candidates wait for the queue step,
     which needs all of them (the most urgent go first, up to MAX_ROTATIONS_PER_RUN). `subscriptions` limits the
-    scan (a shard); `queue=False` stops before queueing and returns the candidates as `action="deferred"`.
+    scan (a shard); `queue=False` stops before queueing and returns the candidates as `action="deferred"`
+    (`shared.shards` queues every shard's candidates in one step: `queue_candidates`).
     `sdk_kwargs` go to the ARM, Resource Graph and Key Vault SDK clients (tests pass `retry_backoff_factor`)."""
     started = time.perf_counter()
     run = _Run(settings, (now or clock.now()).astimezone(UTC), progress)
@@ -818,7 +774,7 @@ async def scan(
                 candidates = await _queue(run, candidates, credential, dry_run, correlation_id)
         sink.settle(candidates)
     report = ScanReport(
-        findings=sorted(sink.kept, key=_display_order),
+        findings=display_sorted(sink.kept),
         clusters=source.clusters,
         subscriptions=source.subscriptions_seen(),
         used_fallback=source.used_fallback,
@@ -831,7 +787,8 @@ async def scan(
         stage_seconds=run.stages,
         actions=dict(sink.actions),
     )
-    _log_report(report)
+    if log_completed:
+        log_report(report)
     return report
 
 
@@ -1062,7 +1019,30 @@ def _report_finding(finding: Finding, correlation_id: str) -> None:
         )
 
 
-def _log_report(report: ScanReport) -> None:
+def display_sorted(findings: Iterable[Finding]) -> list[Finding]:
+    return sorted(findings, key=_display_order)
+
+
+async def queue_candidates(
+    settings: Settings,
+    candidates: list[Finding],
+    *,
+    dry_run: bool,
+    correlation_id: str,
+    credential: AsyncTokenCredential | None = None,
+) -> tuple[list[Finding], list[str], dict[str, int]]:
+    """The queue step over candidates collected elsewhere (the shards of one run): (settled findings, errors,
+    requests), exactly as `scan` settles its own."""
+    run = _Run(settings, clock.now(), None)
+    async with contextlib.AsyncExitStack() as stack:
+        if credential is None:
+            credential = product_credential(settings)
+            stack.push_async_callback(credential.close)
+        settled = await _queue(run, candidates, credential, dry_run, correlation_id)
+    return settled, run.errors, dict(run.requests)
+
+
+def log_report(report: ScanReport) -> None:
     log_event(
         log,
         logging.INFO,
@@ -1080,13 +1060,16 @@ def _log_report(report: ScanReport) -> None:
     )
 
 
-async def run_scheduled(settings: Settings, *, past_due: bool = False) -> ScanReport:
-    """The timer trigger: a past-due run logs and proceeds; a failed scan is logged and re-raised (the host
-    records the failed invocation and the next schedule tries again)."""
+async def run_scheduled(
+    settings: Settings, *, past_due: bool = False, subscriptions: Sequence[str] | None = None
+) -> ScanReport:
+    """The timer's scan in one invocation (`shared.shards.run_scheduled` decides; `subscriptions` when it already
+    listed them): a past-due run logs and proceeds; a failed scan is logged and re-raised (the host records the
+    failed invocation and the next schedule tries again)."""
     if past_due:
         log_event(log, logging.WARNING, "discovery.past_due", "the discovery timer is past due; scanning now")
     try:
-        report = await scan(settings, keep="due")
+        report = await scan(settings, keep="due", subscriptions=subscriptions)
     except DiscoveryError as exc:
         log_event(log, logging.ERROR, "discovery.failed", f"discovery failed, nothing queued: {exc}", alert=True)
         raise
