@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import tempfile
+import threading
 from pathlib import Path
+from types import FrameType
 
 from emulator import seeds
 from emulator.core import Emulator
@@ -36,11 +39,23 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(_run(Emulator(seed, args.latency_ms), args.port, state_dir, args.ready_file))
 
 
+GRACE_SECONDS = 0.8  # after SIGTERM/SIGINT: a graceful stop if it is this quick, else exit anyway
+
+
 async def _run(emu: Emulator, port: int, state_dir: Path, ready_file: Path | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        """A Python-level handler, not `loop.add_signal_handler`: it runs between bytecodes even while a handler
+        keeps the loop busy, and a timer ends the process if the graceful stop (in-flight requests) takes longer."""
+        loop.call_soon_threadsafe(stop.set)
+        timer = threading.Timer(GRACE_SECONDS, os._exit, args=(128 + signum,))
+        timer.daemon = True  # a graceful stop in time ends the process without waiting for it
+        timer.start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     await serve(emu, port, state_dir, ready_file, stop)
 
 

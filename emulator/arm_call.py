@@ -86,7 +86,9 @@ def route(write: bool, handler: Handler) -> Callable[[web.Request], Awaitable[we
             if write
             else (emu.arm_reads, "x-ms-ratelimit-remaining-subscription-reads")
         )
-        allowed, remaining, wait = bucket.take(claims.app_id)
+        # Per subscription, per principal and per operation type (docs/emulator.md, ARM "Throttling").
+        scope = request.match_info.get("subscription", "").lower()
+        allowed, remaining, wait = bucket.take(f"{claims.app_id}/{scope}")
         if not allowed:
             response = throttled("arm", wait)
             response.headers[header] = "0"

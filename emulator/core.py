@@ -35,7 +35,8 @@ class Emulator:
         self.arm_reads = TokenBucket(limits.get("arm_read_capacity", 250), limits.get("arm_read_refill", 25))
         self.arm_writes = TokenBucket(limits.get("arm_write_capacity", 200), limits.get("arm_write_refill", 10))
         self.rg_quota = WindowQuota(limits.get("resourcegraph_queries", 15), limits.get("resourcegraph_window", 5))
-        self.graph_rate = TokenBucket(limits.get("graph_capacity", 2000), limits.get("graph_refill", 150))
+        # Graph identity and access: 8,000 resource units per 10 s per app and tenant (a large tenant).
+        self.graph_rate = TokenBucket(limits.get("graph_capacity", 8000), limits.get("graph_refill", 800))
 
     def reset(self, seed: dict[str, Any] | None = None) -> None:
         if seed is not None:

@@ -10,6 +10,8 @@ import fnmatch
 import random
 import time
 import uuid
+import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -106,17 +108,23 @@ class TokenBucket:
         self.refill = refill_per_second
         self._levels: dict[str, tuple[float, float]] = {}
 
-    def take(self, key: str) -> tuple[bool, int, float]:
-        """(allowed, remaining, seconds until one token is available)."""
+    def take(self, key: str, cost: float = 1.0) -> tuple[bool, int, float]:
+        """(allowed, remaining, seconds until `cost` tokens are available). A refused request takes nothing."""
         now = time.monotonic()
         level, since = self._levels.get(key, (self.capacity, now))
         level = min(self.capacity, level + (now - since) * self.refill)
-        if level >= 1.0:
-            level -= 1.0
+        self._levels[key] = (level, now)
+        if level >= cost:
+            level -= cost
             self._levels[key] = (level, now)
             return True, int(level), 0.0
-        self._levels[key] = (level, now)
-        return False, 0, (1.0 - level) / self.refill
+        return False, 0, (cost - level) / self.refill
+
+    def used(self, key: str) -> float:
+        """Fraction of the capacity in use for `key` now (0 when it never called)."""
+        level, since = self._levels.get(key, (self.capacity, time.monotonic()))
+        level = min(self.capacity, level + (time.monotonic() - since) * self.refill)
+        return 1.0 - level / self.capacity
 
 
 class WindowQuota:
@@ -140,3 +148,31 @@ class WindowQuota:
         used += 1
         self._windows[key] = (start, used)
         return True, self.limit - used, resets
+
+
+class RefusalStreaks:
+    """Judge-side record of quota refusals (429s), kept in the request counts: `throttled.<surface>` counts every
+    refusal and `throttled_again.<surface>` every refusal of a request whose previous attempt was refused too (a
+    client that does not wait long enough). A request is identified by `key` (caller, method, URL or body)."""
+
+    def __init__(self) -> None:
+        self._streaks: dict[tuple[str, ...], int] = {}
+
+    def record(self, counts: Counter[str], surface: str, key: tuple[str, ...], refused: bool) -> None:
+        full = (surface, *key)
+        if not refused:
+            self._streaks.pop(full, None)
+            return
+        streak = self._streaks.get(full, 0) + 1
+        self._streaks[full] = streak
+        counts[f"throttled.{surface}"] += 1
+        if streak > 1:
+            counts[f"throttled_again.{surface}"] += 1
+
+
+_STREAKS: weakref.WeakKeyDictionary[object, RefusalStreaks] = weakref.WeakKeyDictionary()
+
+
+def refusals(owner: object) -> RefusalStreaks:
+    """The refusal record of one emulator (`owner`)."""
+    return _STREAKS.setdefault(owner, RefusalStreaks())

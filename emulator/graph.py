@@ -27,6 +27,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from emulator.core import Emulator, emulator_of
+from emulator.faults import refusals
 from emulator.records import Application, PasswordPolicy, ServicePrincipal, parse_time
 from emulator.tokens import Claims
 from emulator.wire import MUTATING, Reply, error, json_body, throttled
@@ -313,18 +314,17 @@ def _page(call: Call, docs: list[dict[str, Any]], collection: str, fields: list[
 
 
 def _filtered_apps(call: Call, entity_type: str) -> list[Application]:
-    apps = list(call.emu.estate.applications.values())
     raw = call.query.get("$filter")
     if raw is None:
-        return apps
+        return list(call.emu.estate.applications.values())
     prop, values = _parse_filter(raw, entity_type)
+    if prop == "appId":  # an index look-up per value (in the filter's order): no scan of the tenant
+        found = {a.app_id: a for a in (_app_by_app_id(call, v) for v in values) if a is not None}
+        return list(found.values())
     wanted = {v.lower() for v in values}
+    apps = call.emu.estate.applications.values()
     if prop == "servicePrincipalNames":
         return [a for a in apps if a.sp is not None and a.sp.app_id.lower() in wanted]
-    if prop == "appId":
-        found = [_app_by_app_id(call, v) for v in dict.fromkeys(values)]
-        chosen = {a.app_id for a in found if a is not None}
-        return [a for a in apps if a.app_id in chosen]
     if entity_type == "application":
         return [a for a in apps if a.object_id.lower() in wanted]
     return [a for a in apps if a.sp is not None and a.sp.object_id.lower() in wanted]
@@ -676,9 +676,26 @@ def _failure_response(failure: GraphFailure) -> web.Response:
     return error(SURFACE, failure.status, failure.code, failure.message, failure.headers)
 
 
-def _rate_limited(emu: Emulator, claims: Claims) -> web.Response | None:
-    allowed, _, wait = emu.graph_rate.take(claims.app_id)
-    return None if allowed else throttled(SURFACE, wait)
+def resource_units(op: Op, method: str, query: MultiDict[str]) -> int:
+    """What a request costs against the identity-and-access limit (docs/emulator.md, "Throttling"): GET
+    `applications` 2, any other identity path 1; `$select` -1, `$expand` +1, `$top` below 20 -1; never below 1."""
+    cost = 2 if method.upper() == "GET" and op.template == "/applications" else 1
+    top = query.get("$top")
+    cost += ("$expand" in query) - ("$select" in query) - (top is not None and top.isdigit() and int(top) < 20)
+    return max(1, cost)
+
+
+def _rate_limited(emu: Emulator, claims: Claims, units: int, request: tuple[str, str]) -> web.Response | None:
+    """429 once the caller's resource units per app and tenant are spent, with Graph's throttling headers.
+    `request` (method, URL) identifies retries of one request in the refusal record."""
+    allowed, _, wait = emu.graph_rate.take(claims.app_id, units)
+    refusals(emu).record(emu.counts, SURFACE, (claims.app_id, *request), not allowed)
+    if allowed:
+        return None
+    response = throttled(SURFACE, wait)
+    response.headers["x-ms-throttle-scope"] = f"Tenant_Application/ReadWrite/{claims.app_id}/{emu.estate.tenant_id}"
+    response.headers["x-ms-throttle-information"] = "ResourceUnitLimitExceeded"
+    return response
 
 
 def _execute(op: Op, call: Call) -> web.Response:
@@ -697,15 +714,18 @@ def route_handler(op: Op) -> Callable[[web.Request], Any]:
     async def handle(request: web.Request) -> web.StreamResponse:
         emu = emulator_of(request)
         claims = emu.authenticate(request, SURFACE)
-        limited = _rate_limited(emu, claims)
+        query = MultiDict(request.query)
+        units = resource_units(op, request.method, query)
+        limited = _rate_limited(emu, claims, units, (request.method, request.path_qs))
         if limited is not None:
             return limited
         body = json_body(await request.text(), SURFACE) if request.method in MUTATING else None
         path = request.path[len(BASE) :]
         match = op.pattern.fullmatch(path)
         params = match.groupdict() if match else {}
-        call = Call(emu, claims, request.method, path, params, MultiDict(request.query), body)
-        return _execute(op, call)
+        response = _execute(op, Call(emu, claims, request.method, path, params, query, body))
+        response.headers["x-ms-resource-unit"] = str(units)
+        return response
 
     return handle
 
@@ -762,7 +782,8 @@ def _dispatch_item(emu: Emulator, claims: Claims, item: dict[str, Any]) -> dict[
             return _batch_item(429, item_id, throttled(SURFACE, rule.retry_after))
         failure = GraphFailure(rule.status, "ServiceUnavailable", rule.message or "Injected fault")
         return _batch_item(rule.status, item_id, _failure_response(failure))
-    limited = _rate_limited(emu, claims)
+    units = resource_units(op, method, query)
+    limited = _rate_limited(emu, claims, units, (method, str(item.get("url", ""))))
     if limited is not None:
         return _batch_item(429, item_id, limited)
     body = item.get("body")
@@ -773,6 +794,7 @@ def _dispatch_item(emu: Emulator, claims: Claims, item: dict[str, Any]) -> dict[
             return _batch_item(400, item_id, _failure_response(failure))
     call = Call(emu, claims, method, path, params, query, body)
     response = _execute(op, call)
+    response.headers["x-ms-resource-unit"] = str(units)
     return _batch_item(response.status, item_id, response)
 
 

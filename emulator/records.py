@@ -18,9 +18,9 @@ def secret_hash(value: str) -> str:
 
 
 def new_secret() -> str:
-    """Entra-like client secret: 40 characters, with the 3-character hint as prefix."""
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789~._-"
-    return "".join(secrets.choice(alphabet) for _ in range(40))
+    """Entra-like client secret: 40 characters, with the 3-character hint as prefix (one urandom call: a
+    100,000-cluster estate creates 110,000 of them at start-up)."""
+    return secrets.token_urlsafe(30)
 
 
 def iso(value: datetime | None) -> str | None:

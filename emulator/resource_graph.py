@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import hashlib
 import json
 import math
 import uuid
-from collections.abc import Callable
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,9 @@ from aiohttp import web
 
 from emulator.arm_shapes import cluster_json
 from emulator.core import Emulator, emulator_of
-from emulator.rbac import authorization_failed, can, visible_subscriptions
+from emulator.faults import refusals
+from emulator.model import Estate
+from emulator.rbac import authorization_failed
 from emulator.records import Cluster
 from emulator.tokens import Claims
 from emulator.wire import Reply, json_body
@@ -68,12 +71,71 @@ def _cluster_row(emu: Emulator, c: Cluster) -> Row:
     }
 
 
-QUERIES: dict[str, tuple[list[str], Callable[[Emulator], list[Cluster]]]] = {
-    normalize(CLUSTERS_QUERY): (
-        ["id", "name", "type", "location", "resourceGroup", "subscriptionId", "tags", "identity", "properties"],
-        lambda emu: sorted(emu.estate.clusters.values(), key=lambda c: c.id.lower()),
-    ),
+QUERIES: dict[str, list[str]] = {
+    normalize(CLUSTERS_QUERY): [
+        "id",
+        "name",
+        "type",
+        "location",
+        "resourceGroup",
+        "subscriptionId",
+        "tags",
+        "identity",
+        "properties",
+    ],
 }
+READ_ACTION = "microsoft.containerservice/managedclusters/read"
+
+# Visible cluster keys (lower-case ids, sorted) per estate, caller and requested subscriptions. A page is then a
+# slice of this list plus 1,000 live rows, instead of a rebuild and authorization of the whole estate per page.
+# Valid while the estate object, its cluster and role-assignment counts and the mutation count are unchanged.
+_VISIBLE: weakref.WeakKeyDictionary[Estate, dict[tuple[str, frozenset[str]], tuple[tuple[int, ...], list[str]]]]
+_VISIBLE = weakref.WeakKeyDictionary()
+
+
+def _generation(emu: Emulator) -> tuple[int, ...]:
+    estate = emu.estate
+    return (len(estate.clusters), len(estate.role_assignments), emu.counts["mutations"])
+
+
+def _prefixes(resource_id: str) -> list[str]:
+    """Every ARM scope at or above `resource_id` (lower-case), as `_under` would match them: "", "/subscriptions/x",
+    "/subscriptions/x/resourcegroups", ..., the id itself."""
+    parts = resource_id.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def _visible_keys(emu: Emulator, principal: str, requested: set[str]) -> list[str]:
+    """Sorted keys of the clusters `principal` may read (`Microsoft.ContainerService/managedClusters/read` by role
+    assignment, as `emulator.arm.can` decides), within `requested` subscriptions or every visible subscription
+    (as `emulator.arm.visible_subscriptions` decides)."""
+    estate = emu.estate
+    key = (principal.lower(), frozenset(requested))
+    generation = _generation(emu)
+    per_estate = _VISIBLE.setdefault(estate, {})
+    cached = per_estate.get(key)
+    if cached is not None and cached[0] == generation:
+        return cached[1]
+    mine = [ra for ra in estate.role_assignments if ra.principal.lower() == key[0]]
+    readable = {
+        ra.scope for ra in mine if any(fnmatch.fnmatchcase(READ_ACTION, pattern.lower()) for pattern in ra.actions)
+    }
+    touched = {_subscription_of(ra.scope) for ra in mine}
+    broad = any(ra.scope.count("/") < 2 for ra in mine)  # at or above /subscriptions: every subscription
+    visible = {s.lower() for s in estate.subscriptions if broad or s.lower() in touched}
+    scope = (requested & visible) if requested else visible
+    keys = sorted(
+        k
+        for k, c in estate.clusters.items()
+        if c.subscription_id.lower() in scope and any(p in readable for p in _prefixes(k))
+    )
+    per_estate[key] = (generation, keys)
+    return keys
+
+
+def _subscription_of(scope: str) -> str:
+    parts = scope.split("/")
+    return parts[2] if len(parts) > 2 and parts[1] == "subscriptions" else ""
 
 
 def _support_message() -> str:
@@ -109,7 +171,9 @@ def _offset(token: str, fingerprint: str) -> int:
 async def resources(request: web.Request) -> web.Response:
     emu = emulator_of(request)
     claims = emu.authenticate(request, "resourcegraph")
+    text = await request.text()
     allowed, remaining, resets = emu.rg_quota.take(claims.app_id)
+    refusals(emu).record(emu.counts, "resourcegraph", (claims.app_id, text), not allowed)
     quota = {"x-ms-user-quota-remaining": str(remaining), "x-ms-user-quota-resets-after": _resets_after(resets)}
     if not allowed:
         detail = (
@@ -119,7 +183,7 @@ async def resources(request: web.Request) -> web.Response:
         headers = {**quota, "Retry-After": str(max(1, math.ceil(resets)))}
         raise _error(429, "RateLimiting", [{"code": "RateLimiting", "message": detail}], headers)
     try:
-        response = _answer(emu, claims_app=claims.app_id, body=json_body(await request.text(), "resourcegraph"))
+        response = _answer(emu, claims_app=claims.app_id, body=json_body(text, "resourcegraph"))
     except Reply as reply:
         reply.response.headers.update(quota)
         raise
@@ -145,7 +209,7 @@ def _answer(emu: Emulator, claims_app: str, body: Any) -> web.Response:
             {"code": "UnsupportedQuery", "message": "This emulator answers only the queries the product sends."},
         ]
         raise _error(400, "BadRequest", details)
-    columns, source = entry
+    columns = entry
     options = body.get("options") or {}
     fmt = str(options.get("resultFormat") or "objectArray")
     try:
@@ -157,19 +221,13 @@ def _answer(emu: Emulator, claims_app: str, body: Any) -> web.Response:
         message = f"The $top value must be between 1 and {PAGE_MAX}, $skip must not be negative."
         raise _error(400, "BadRequest", [{"code": "InvalidOptions", "message": message}])
     requested = {s.lower() for s in body.get("subscriptions") or []}
-    visible = {s.lower() for s in visible_subscriptions(emu.estate, claims_app)}
-    scope = (requested & visible) if requested else visible
-    action = "Microsoft.ContainerService/managedClusters/read"
-    rows = [
-        _cluster_row(emu, c)
-        for c in source(emu)
-        if c.subscription_id.lower() in scope and can(emu.estate, claims_app, action, c.id)
-    ]
+    keys = _visible_keys(emu, claims_app, requested)
     fingerprint = hashlib.sha256(
-        (normalize(body["query"]) + "|" + ",".join(sorted(scope)) + f"|{skip}").encode()
+        (normalize(body["query"]) + "|" + ",".join(sorted(requested)) + f"|{skip}").encode()
     ).hexdigest()[:16]
     start = skip + (_offset(str(options["$skipToken"]), fingerprint) if options.get("$skipToken") else 0)
-    page = rows[start : start + top]
+    clusters = emu.estate.clusters
+    page = [_cluster_row(emu, clusters[k]) for k in keys[start : start + top] if k in clusters]
     projected = [{k: row.get(k) for k in columns} for row in page]
     data: Any
     if fmt.lower() == "table":
@@ -180,13 +238,13 @@ def _answer(emu: Emulator, claims_app: str, body: Any) -> web.Response:
     else:
         data = projected
     result: dict[str, Any] = {
-        "totalRecords": max(0, len(rows) - skip),
+        "totalRecords": max(0, len(keys) - skip),
         "count": len(page),
         "data": data,
         "facets": [],
         "resultTruncated": "false",
     }
-    if start + top < len(rows):
+    if start + top < len(keys):
         result["$skipToken"] = _token(start - skip + top, fingerprint)
     return web.json_response(result)
 

@@ -20,8 +20,10 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlparse
 
+import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.polling import AsyncNoPolling
 from azure.core.rest import HttpRequest
 from azure.mgmt.containerservice.aio import ContainerServiceClient
@@ -401,6 +403,7 @@ class AksClient:
         self._credential = credential
         self._kwargs = client_kwargs
         self._clients: dict[str, ContainerServiceClient] = {}
+        self._session: aiohttp.ClientSession | None = None
         arm = urlparse(settings.arm_endpoint)
         self._arm_origin = (arm.scheme.lower(), arm.netloc.lower())
 
@@ -416,12 +419,22 @@ class AksClient:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _client(self, subscription_id: str) -> ContainerServiceClient:
         key = subscription_id.lower()
         client = self._clients.get(key)
         if client is None:
-            client = container_service(self._settings, self._credential, key, **self._kwargs)
+            # One connection pool for every subscription's client: a scan touching thousands of subscriptions
+            # (CA reads) must not open a TLS connection per subscription.
+            if self._session is None:
+                self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+            transport = AioHttpTransport(
+                session=self._session, session_owner=False, connection_verify=self._settings.ca_bundle or True
+            )
+            client = container_service(self._settings, self._credential, key, transport=transport, **self._kwargs)
             self._clients[key] = client
         return client
 

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shared import cli_views as views
-from shared import console, discovery, events, permissions, report_html, rotation
+from shared import console, discovery, events, permissions, report_html, rotation, shards
 from shared import report as estate
 from shared.azure import product_credential
 from shared.logs import redact
@@ -130,7 +130,7 @@ def _scan(settings: Settings, dry_run: bool) -> discovery.ScanReport:
     """The scan with a progress bar; a DiscoveryError (e.g. missing rights) ends the command with exit 1."""
     with _progress() as progress:
         try:
-            return _run(discovery.scan(settings, dry_run=dry_run, progress=progress))
+            return _run(shards.scan(settings, dry_run=dry_run, progress=progress))
         except discovery.DiscoveryError as exc:
             err.print(f"[red]scan failed:[/red] {redact(str(exc))}")
             raise typer.Exit(EXIT_FAILURE) from None

@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -35,7 +35,7 @@ from shared.credentials import credential_in_use
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
 from shared.logs import EVENT_CREDENTIAL_OVERDUE, alert, log_event
 from shared.messages import CredentialKind, InvalidInput, Reason, new_correlation_id, new_rotation_message
-from shared.resource_graph import ResourceGraphError, ResourceGraphRefused, query_clusters
+from shared.resource_graph import PAGE_SIZE, ResourceGraphError, ResourceGraphRefused, cluster_pages
 from shared.settings import Settings
 from shared.vault import SECRET_PREFIX, VaultError, VaultForbidden, VaultStore, VersionTags, secret_name_for
 
@@ -121,13 +121,15 @@ class ScanReport:
     # Logical calls the scan made, per kind (HTTP requests are fewer: lookups are batched).
     requests: dict[str, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # Findings per action, counted as they were decided (a streaming scan keeps only some of the findings).
+    actions: dict[str, int] = field(default_factory=dict)
 
     def due(self) -> list[Finding]:
         """Credentials within their window, whatever the action (queued, deferred, opted out, report only)."""
         return [f for f in self.findings if f.due]
 
     def by_action(self) -> dict[str, int]:
-        return dict(Counter(f.action for f in self.findings))
+        return dict(self.actions)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -203,52 +205,6 @@ class _Run:
 
 
 # -- collect: clusters -----------------------------------------------------------------------------------------
-async def _inventory(
-    run: _Run, credential: AsyncTokenCredential, aks: AksClient, sdk_kwargs: dict[str, Any]
-) -> tuple[list[ClusterInfo], int, bool]:
-    """(clusters, subscriptions scanned, used the ARM fallback).
-
-    Resource Graph pages are sequential (`$skipToken`), so the subscriptions are split into up to
-    `RESOURCE_GRAPH_SHARDS` groups queried concurrently; that needs the subscription list first (one ARM call
-    unless the allow-list gives it)."""
-    settings = run.settings
-    allow = list(settings.subscription_allowlist) or None
-    subscriptions = allow
-    run.tick("clusters", 0, 1)
-    if subscriptions is None:
-        try:
-            run.requests["arm.listSubscriptions"] += 1
-            subscriptions = await aks.list_subscriptions()
-        except (AksError, AzureError):
-            subscriptions = None  # one unscoped query: every subscription Resource Graph lets us see
-    shards: list[list[str] | None] = [None]
-    if subscriptions is not None:
-        count = max(1, min(RESOURCE_GRAPH_SHARDS, len(subscriptions)))
-        shards = [subscriptions[i::count] for i in range(count)]
-    run.requests["resourcegraph.query"] += len(shards)
-    results = await asyncio.gather(
-        *(query_clusters(settings, credential, shard, **sdk_kwargs) for shard in shards), return_exceptions=True
-    )
-    failed = next((r for r in results if isinstance(r, BaseException)), None)
-    if failed is None:
-        clusters = _unique(c for result in results if isinstance(result, list) for c in result)
-        run.tick("clusters", 1, 1)
-        seen = len(subscriptions) if subscriptions is not None else len({c.subscription_id.lower() for c in clusters})
-        return clusters, seen, False
-    if not isinstance(failed, ResourceGraphRefused | ResourceGraphError):
-        raise failed
-    log_event(
-        log,
-        logging.WARNING,
-        "discovery.fallback",
-        "Resource Graph is not usable; listing clusters per subscription through ARM",
-        reason=str(failed),
-    )
-    run.errors.append(f"Resource Graph not used ({failed}); clusters were listed per subscription through ARM")
-    listed, count = await _arm_inventory(run, aks, subscriptions)
-    return _unique(listed), count, True
-
-
 async def _arm_inventory(run: _Run, aks: AksClient, allow: list[str] | None) -> tuple[list[ClusterInfo], int]:
     if allow is None:
         try:
@@ -325,6 +281,51 @@ async def _applications(
     return found
 
 
+class _AppLookups:
+    """Application look-ups shared by the pages of one scan: an appId is looked up once however many pages (or
+    pages in flight together) name it, while it stays among the `capacity` most recently used; beyond that the
+    memory is let go and a later page looks it up again."""
+
+    def __init__(self, run: _Run, graph: GraphOps, credential: AsyncTokenCredential, capacity: int = 20_000) -> None:
+        self.run = run
+        self.graph = graph
+        self.credential = credential
+        self.capacity = capacity
+        self._known: OrderedDict[str, AppCredentials | None] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[None]] = {}
+
+    async def get(self, app_ids: list[str]) -> dict[str, AppCredentials]:
+        mine = [a for a in app_ids if a not in self._known and a not in self._pending]
+        others = {self._pending[a] for a in app_ids if a in self._pending}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for app_id in mine:
+            self._pending[app_id] = done
+        try:
+            found = await _applications(self.run, self.graph, self.credential, mine)
+            for app_id in mine:
+                self._known[app_id] = found.get(app_id)
+            done.set_result(None)
+        except BaseException as exc:
+            done.set_exception(exc if isinstance(exc, Exception) else DiscoveryError("cancelled"))
+            done.exception()  # retrieved: waiting pages see it through their own await
+            raise
+        finally:
+            for app_id in mine:
+                self._pending.pop(app_id, None)
+        for other in others:
+            await other
+        out: dict[str, AppCredentials] = {}
+        for app_id in app_ids:
+            creds = self._known.get(app_id)
+            if app_id in self._known:
+                self._known.move_to_end(app_id)
+            if creds is not None:
+                out[app_id] = creds
+        while len(self._known) > self.capacity:
+            self._known.popitem(last=False)
+        return out
+
+
 # -- collect: Key Vault ----------------------------------------------------------------------------------------
 _KV_FORBIDDEN = (
     "Key Vault refused reading secret metadata ({detail}): the identity needs the role Key Vault Secrets Officer "
@@ -354,25 +355,36 @@ def _code(exc: HttpResponseError) -> str:
     return (exc.error.code if exc.error is not None else None) or ""
 
 
-async def _vault_keys(
-    run: _Run, credential: AsyncTokenCredential, clusters: list[ClusterInfo], sdk_kwargs: dict[str, Any]
-) -> dict[str, str]:
-    """cluster id (lower) -> keyId of the version tagged state=current, for clusters this product rotated."""
-    wanted = {secret_name_for(c.id): c for c in clusters if c.sp_client_id}
-    if not wanted:
-        return {}
+async def _vault_listing(
+    run: _Run, credential: AsyncTokenCredential, sdk_kwargs: dict[str, Any]
+) -> dict[str, dict[str, str]]:
+    """The product's secrets (name -> tags of the latest version), read once per scan; empty (and an error noted)
+    when the listing fails for another reason than a missing right. As large as the rotated clusters, not the
+    estate."""
     try:
-        listed = await _vault_names(run, credential, sdk_kwargs)
+        return await _vault_names(run, credential, sdk_kwargs)
     except DiscoveryError:
         raise
     except AzureError as exc:
         run.errors.append(f"Key Vault listing failed ({type(exc).__name__}); using the earliest-expiry rule")
         return {}
+
+
+async def _vault_keys(
+    run: _Run,
+    credential: AsyncTokenCredential,
+    clusters: list[ClusterInfo],
+    listed: dict[str, dict[str, str]],
+    sdk_kwargs: dict[str, Any],
+) -> dict[str, str]:
+    """cluster id (lower) -> keyId of the version tagged state=current, for the clusters of `clusters` this
+    product rotated (`listed`: `_vault_listing`)."""
     keys: dict[str, str] = {}
     look: list[tuple[str, ClusterInfo]] = []
-    for name, tags in listed.items():
-        cluster = wanted.get(name)
-        if cluster is None or cluster.sp_client_id is None:
+    for cluster in clusters:
+        name = secret_name_for(cluster.id) if cluster.sp_client_id else None
+        tags = listed.get(name) if name else None
+        if name is None or tags is None or cluster.sp_client_id is None:
             continue
         labels = VersionTags.parse(tags)
         if labels.current_for(cluster.sp_client_id):
@@ -709,6 +721,10 @@ async def _queue(
 
 
 # -- entry points ----------------------------------------------------------------------------------------------
+Keep = Literal["all", "due"]
+PAGES_IN_FLIGHT = 4  # cluster pages decided concurrently; bounds the memory a scan holds
+
+
 async def scan(
     settings: Settings,
     *,
@@ -718,49 +734,50 @@ async def scan(
     credential: AsyncTokenCredential | None = None,
     sdk_kwargs: dict[str, Any] | None = None,
     graph_attempts: int = 6,
+    keep: Keep = "all",
+    subscriptions: Sequence[str] | None = None,
+    queue: bool = True,
+    log_completed: bool = True,
 ) -> ScanReport:
     """Inventory, decide, queue (unless `dry_run`). Raises DiscoveryError (nothing queued) when the inventory
     cannot be trusted, e.g. the identity lacks a right; other problems are listed in `ScanReport.errors`.
 
+    Streaming: Resource Graph pages are looked up (Graph, Key Vault, CA expiry) and decided as they arrive, and a
+    page's findings are reported (telemetry) and let go unless `keep` says to keep them ("due": only those within
+    their window, for the timer; "all": every one, for the CLI). Only queue candidates wait for the queue step,
+    which needs all of them (the most urgent go first, up to MAX_ROTATIONS_PER_RUN). `subscriptions` limits the
+    scan (a shard); `queue=False` stops before queueing and returns the candidates as `action="deferred"`
+    (`shared.shards` queues every shard's candidates in one step: `queue_candidates`).
     `sdk_kwargs` go to the ARM, Resource Graph and Key Vault SDK clients (tests pass `retry_backoff_factor`)."""
     started = time.perf_counter()
     run = _Run(settings, (now or clock.now()).astimezone(UTC), progress)
     correlation_id = new_correlation_id()
     kwargs = dict(sdk_kwargs or {})
+    sink = _Sink(run, keep, correlation_id)
     async with contextlib.AsyncExitStack() as stack:
         if credential is None:
             credential = product_credential(settings)
             stack.push_async_callback(credential.close)
         aks = await stack.enter_async_context(AksClient(settings, credential, **kwargs))
-        with run.stage("clusters"):
-            clusters, subscriptions, used_fallback = await _inventory(run, credential, aks, kwargs)
-        app_ids = sorted(
-            {c.sp_client_id.lower() for c in clusters if c.sp_client_id}
-            | {c.legacy_aad_server_app_id.lower() for c in clusters if c.legacy_aad_server_app_id}
-        )
         graph = await stack.enter_async_context(GraphOps(settings, credential, max_attempts=graph_attempts))
-
-        async def timed(name: str, work: Awaitable[T]) -> T:
-            with run.stage(name):
-                return await work
-
-        # Independent reads, concurrently; any DiscoveryError cancels the others (nothing has been written yet).
-        try:
-            async with asyncio.TaskGroup() as group:
-                apps_task = group.create_task(timed("applications", _applications(run, graph, credential, app_ids)))
-                vault_task = group.create_task(timed("key vault", _vault_keys(run, credential, clusters, kwargs)))
-                certs_task = group.create_task(timed("certificates", _certificates(run, aks, clusters)))
-        except BaseExceptionGroup as failed:
-            raise _first(failed) from None
-        findings = decide(run, clusters, apps_task.result(), vault_task.result(), certs_task.result())
-        with run.stage("queue"):
-            findings = await _queue(run, findings, credential, dry_run, correlation_id)
-        findings.sort(key=_display_order)
+        with run.stage("key vault"):
+            listed = await _vault_listing(run, credential, kwargs)
+        source = _ClusterSource(run, credential, aks, kwargs, subscriptions)
+        apps = _AppLookups(run, graph, credential)
+        await _warm_graph_token(credential)  # once, before pages look up applications concurrently
+        await _decide_pages(
+            run, source, lambda page: _decide_page(run, apps, aks, credential, listed, page, kwargs), sink
+        )
+        candidates = sink.candidates
+        if queue:
+            with run.stage("queue"):
+                candidates = await _queue(run, candidates, credential, dry_run, correlation_id)
+        sink.settle(candidates)
     report = ScanReport(
-        findings=findings,
-        clusters=len(clusters),
-        subscriptions=subscriptions,
-        used_fallback=used_fallback,
+        findings=display_sorted(sink.kept),
+        clusters=source.clusters,
+        subscriptions=source.subscriptions_seen(),
+        used_fallback=source.used_fallback,
         errors=run.errors,
         dry_run=dry_run,
         correlation_id=correlation_id,
@@ -768,9 +785,205 @@ async def scan(
         seconds=time.perf_counter() - started,
         requests=dict(run.requests),
         stage_seconds=run.stages,
+        actions=dict(sink.actions),
     )
-    _log_report(report)
+    if log_completed:
+        log_report(report)
     return report
+
+
+class _ClusterSource:
+    """Cluster pages as they arrive: Resource Graph, the subscriptions split into up to `RESOURCE_GRAPH_SHARDS`
+    concurrent paged queries (that needs the subscription list first: one ARM call unless given); when Resource
+    Graph refuses, ARM lists per subscription (`_arm_inventory`), skipping clusters already seen."""
+
+    def __init__(
+        self,
+        run: _Run,
+        credential: AsyncTokenCredential,
+        aks: AksClient,
+        sdk_kwargs: dict[str, Any],
+        subscriptions: Sequence[str] | None,
+    ) -> None:
+        self.run = run
+        self.credential = credential
+        self.aks = aks
+        self.sdk_kwargs = sdk_kwargs
+        self.subscriptions = list(subscriptions) if subscriptions is not None else None
+        self.clusters = 0
+        self.used_fallback = False
+        self._seen: set[str] = set()  # cluster keys yielded: ids only, the clusters themselves are let go
+        self._seen_subscriptions: set[str] = set()
+        self._listed_subscriptions: int | None = None
+
+    def subscriptions_seen(self) -> int:
+        if self._listed_subscriptions is not None:
+            return self._listed_subscriptions
+        if self.subscriptions is not None:
+            return len(self.subscriptions)
+        return len(self._seen_subscriptions)
+
+    def _fresh(self, page: list[ClusterInfo]) -> list[ClusterInfo]:
+        out = []
+        for cluster in page:
+            key = cluster.id.lower()
+            if key not in self._seen:
+                self._seen.add(key)
+                self._seen_subscriptions.add(cluster.subscription_id.lower())
+                out.append(cluster)
+        self.clusters += len(out)
+        return out
+
+    async def pages(self) -> AsyncIterator[list[ClusterInfo]]:
+        run = self.run
+        subscriptions = self.subscriptions or list(run.settings.subscription_allowlist) or None
+        run.tick("clusters", 0, 1)
+        if subscriptions is None:
+            try:
+                run.requests["arm.listSubscriptions"] += 1
+                subscriptions = await self.aks.list_subscriptions()
+            except (AksError, AzureError):
+                subscriptions = None  # one unscoped query: every subscription Resource Graph lets us see
+        self.subscriptions = subscriptions
+        try:
+            async for page in self._resource_graph(subscriptions):
+                yield self._fresh(page)
+            run.tick("clusters", 1, 1)
+            return
+        except (ResourceGraphRefused, ResourceGraphError) as failed:
+            log_event(
+                log,
+                logging.WARNING,
+                "discovery.fallback",
+                "Resource Graph is not usable; listing clusters per subscription through ARM",
+                reason=str(failed),
+            )
+            run.errors.append(f"Resource Graph not used ({failed}); clusters were listed per subscription through ARM")
+        self.used_fallback = True
+        listed, self._listed_subscriptions = await _arm_inventory(run, self.aks, subscriptions)
+        fresh = self._fresh(_unique(listed))
+        for i in range(0, len(fresh), PAGE_SIZE):
+            yield fresh[i : i + PAGE_SIZE]
+
+    async def _resource_graph(self, subscriptions: list[str] | None) -> AsyncIterator[list[ClusterInfo]]:
+        shards: list[list[str] | None] = [None]
+        if subscriptions is not None:
+            count = max(1, min(RESOURCE_GRAPH_SHARDS, len(subscriptions)))
+            shards = [subscriptions[i::count] for i in range(count)]
+        self.run.requests["resourcegraph.query"] += len(shards)
+        merged: asyncio.Queue[list[ClusterInfo] | BaseException | None] = asyncio.Queue(maxsize=len(shards))
+
+        async def one(shard: list[str] | None) -> None:
+            try:
+                async for page in cluster_pages(self.run.settings, self.credential, shard, **self.sdk_kwargs):
+                    await merged.put(page)
+                await merged.put(None)
+            except Exception as exc:  # handed to the consumer, which decides (fallback or failure)
+                await merged.put(exc)
+
+        tasks = [asyncio.create_task(one(shard)) for shard in shards]
+        try:
+            finished = 0
+            while finished < len(tasks):
+                item = await merged.get()
+                if item is None:
+                    finished += 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Sink:
+    """Where decided findings go: telemetry at once; kept per `keep`; queue candidates held for the queue step."""
+
+    def __init__(self, run: _Run, keep: Keep, correlation_id: str) -> None:
+        self.run = run
+        self.keep = keep
+        self.correlation_id = correlation_id
+        self.kept: list[Finding] = []
+        self.candidates: list[Finding] = []
+        self.actions: Counter[str] = Counter()
+
+    def add(self, findings: Iterable[Finding]) -> None:
+        for finding in findings:
+            if finding.action == "deferred":
+                self.candidates.append(finding)
+            else:
+                self._release(finding)
+
+    def settle(self, candidates: list[Finding]) -> None:
+        for finding in candidates:
+            self._release(finding)
+        self.candidates = []
+
+    def _release(self, finding: Finding) -> None:
+        self.actions[finding.action] += 1
+        _report_finding(finding, self.correlation_id)
+        if self.keep == "all" or finding.due:
+            self.kept.append(finding)
+
+
+async def _decide_page(
+    run: _Run,
+    lookups: _AppLookups,
+    aks: AksClient,
+    credential: AsyncTokenCredential,
+    listed: dict[str, dict[str, str]],
+    page: list[ClusterInfo],
+    sdk_kwargs: dict[str, Any],
+) -> list[Finding]:
+    """One page of clusters: its applications, Key Vault records and CA expiries, concurrently; then decided."""
+    app_ids = sorted(
+        {c.sp_client_id.lower() for c in page if c.sp_client_id}
+        | {c.legacy_aad_server_app_id.lower() for c in page if c.legacy_aad_server_app_id}
+    )
+    try:
+        async with asyncio.TaskGroup() as group:
+            apps = group.create_task(_timed(run, "applications", lookups.get(app_ids)))
+            keys = group.create_task(_timed(run, "key vault", _vault_keys(run, credential, page, listed, sdk_kwargs)))
+            certs = group.create_task(_timed(run, "certificates", _certificates(run, aks, page)))
+    except BaseExceptionGroup as failed:
+        raise _first(failed) from None
+    return decide(run, page, apps.result(), keys.result(), certs.result())
+
+
+async def _timed(run: _Run, name: str, work: Awaitable[T]) -> T:
+    with run.stage(name):
+        return await work
+
+
+async def _decide_pages(
+    run: _Run,
+    source: _ClusterSource,
+    decide_page: Callable[[list[ClusterInfo]], Awaitable[list[Finding]]],
+    sink: _Sink,
+) -> None:
+    """Pages from `source` decided by up to PAGES_IN_FLIGHT workers; any failure cancels the rest."""
+    pages: asyncio.Queue[list[ClusterInfo] | None] = asyncio.Queue(maxsize=PAGES_IN_FLIGHT)
+
+    async def produce() -> None:
+        with run.stage("clusters"):
+            async for page in source.pages():
+                await pages.put(page)
+        for _ in range(PAGES_IN_FLIGHT):
+            await pages.put(None)
+
+    async def work() -> None:
+        while (page := await pages.get()) is not None:
+            sink.add(await decide_page(page))
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(produce())
+            for _ in range(PAGES_IN_FLIGHT):
+                group.create_task(work())
+    except BaseExceptionGroup as failed:
+        raise _first(failed) from None
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -788,22 +1001,48 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return next((e for e in leaves if isinstance(e, DiscoveryError)), leaves[0])
 
 
-def _log_report(report: ScanReport) -> None:
-    for finding in report.findings:
-        if finding.days_left is not None:
-            telemetry.days_to_expiry(finding.days_left, kind=finding.kind, cluster=finding.cluster_id)
-        if finding.due and finding.reason == "expired":
-            alert(
-                log,
-                EVENT_CREDENTIAL_OVERDUE,
-                f"{finding.kind} of {finding.cluster_name} has expired",
-                cluster_id=finding.cluster_id,
-                kind=finding.kind,
-                app_id=finding.app_id,
-                expires=finding.expires_on.isoformat() if finding.expires_on else None,
-                action=finding.action,
-                correlation_id=report.correlation_id,
-            )
+def _report_finding(finding: Finding, correlation_id: str) -> None:
+    """Telemetry of one finding, once its action is final (days to expiry; an alert when it has expired)."""
+    if finding.days_left is not None:
+        telemetry.days_to_expiry(finding.days_left, kind=finding.kind, cluster=finding.cluster_id)
+    if finding.due and finding.reason == "expired":
+        alert(
+            log,
+            EVENT_CREDENTIAL_OVERDUE,
+            f"{finding.kind} of {finding.cluster_name} has expired",
+            cluster_id=finding.cluster_id,
+            kind=finding.kind,
+            app_id=finding.app_id,
+            expires=finding.expires_on.isoformat() if finding.expires_on else None,
+            action=finding.action,
+            correlation_id=correlation_id,
+        )
+
+
+def display_sorted(findings: Iterable[Finding]) -> list[Finding]:
+    return sorted(findings, key=_display_order)
+
+
+async def queue_candidates(
+    settings: Settings,
+    candidates: list[Finding],
+    *,
+    dry_run: bool,
+    correlation_id: str,
+    credential: AsyncTokenCredential | None = None,
+) -> tuple[list[Finding], list[str], dict[str, int]]:
+    """The queue step over candidates collected elsewhere (the shards of one run): (settled findings, errors,
+    requests), exactly as `scan` settles its own."""
+    run = _Run(settings, clock.now(), None)
+    async with contextlib.AsyncExitStack() as stack:
+        if credential is None:
+            credential = product_credential(settings)
+            stack.push_async_callback(credential.close)
+        settled = await _queue(run, candidates, credential, dry_run, correlation_id)
+    return settled, run.errors, dict(run.requests)
+
+
+def log_report(report: ScanReport) -> None:
     log_event(
         log,
         logging.INFO,
@@ -821,13 +1060,16 @@ def _log_report(report: ScanReport) -> None:
     )
 
 
-async def run_scheduled(settings: Settings, *, past_due: bool = False) -> ScanReport:
-    """The timer trigger: a past-due run logs and proceeds; a failed scan is logged and re-raised (the host
-    records the failed invocation and the next schedule tries again)."""
+async def run_scheduled(
+    settings: Settings, *, past_due: bool = False, subscriptions: Sequence[str] | None = None
+) -> ScanReport:
+    """The timer's scan in one invocation (`shared.shards.run_scheduled` decides; `subscriptions` when it already
+    listed them): a past-due run logs and proceeds; a failed scan is logged and re-raised (the host records the
+    failed invocation and the next schedule tries again)."""
     if past_due:
         log_event(log, logging.WARNING, "discovery.past_due", "the discovery timer is past due; scanning now")
     try:
-        report = await scan(settings)
+        report = await scan(settings, keep="due", subscriptions=subscriptions)
     except DiscoveryError as exc:
         log_event(log, logging.ERROR, "discovery.failed", f"discovery failed, nothing queued: {exc}", alert=True)
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -82,8 +82,24 @@ async def query_clusters(
     **client_kwargs: Any,
 ) -> list[ClusterInfo]:
     """Every managed cluster visible to the product (in `subscriptions`, or all it can read when None)."""
+    result: list[ClusterInfo] = []
+    async for page in cluster_pages(settings, credential, subscriptions, sleep=sleep, **client_kwargs):
+        result.extend(page)
+    return result
+
+
+async def cluster_pages(
+    settings: Settings,
+    credential: AsyncTokenCredential,
+    subscriptions: Sequence[str] | None,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    **client_kwargs: Any,
+) -> AsyncIterator[list[ClusterInfo]]:
+    """The same clusters as `query_clusters`, one page (up to `PAGE_SIZE`) at a time as Resource Graph answers, so
+    a caller can work on a page and let it go before the next one arrives."""
     if subscriptions is not None and not subscriptions:
-        return []
+        return
     chunks: list[list[str] | None] = (
         [None]
         if subscriptions is None
@@ -92,14 +108,13 @@ async def query_clusters(
             for i in range(0, len(subscriptions), SUBSCRIPTIONS_PER_QUERY)
         ]
     )
-    result: list[ClusterInfo] = []
     async with resource_graph(settings, credential, **client_kwargs) as client:
         for chunk in chunks:
-            await _query(client, chunk, result, sleep)
-    return result
+            async for page in _query(client, chunk, sleep):
+                yield page
 
 
-async def _query(client: Any, subscriptions: list[str] | None, result: list[ClusterInfo], sleep: Sleep) -> None:
+async def _query(client: Any, subscriptions: list[str] | None, sleep: Sleep) -> AsyncIterator[list[ClusterInfo]]:
     skip_token: str | None = None
     throttled = 0
     for _ in range(MAX_PAGES):
@@ -124,12 +139,14 @@ async def _query(client: Any, subscriptions: list[str] | None, result: list[Clus
             raise ResourceGraphError(f"Resource Graph query failed: {status} {code}") from None
         throttled = 0
         rows = response.data if isinstance(response.data, list) else []
-        result.extend(cluster_info(row) for row in rows)
         skip_token = response.skip_token
+        remaining = headers.get("x-ms-user-quota-remaining")
+        resets = headers.get("x-ms-user-quota-resets-after")
+        del response
+        yield [cluster_info(row) for row in rows]
         if not skip_token:
             return
-        remaining = headers.get("x-ms-user-quota-remaining")
         if remaining is not None and remaining.strip() == "0":
-            wait = parse_resets_after(headers.get("x-ms-user-quota-resets-after"))
+            wait = parse_resets_after(resets)
             await sleep(min(MAX_WAIT_SECONDS, math.ceil(wait * 1000) / 1000))
     raise ResourceGraphError("Resource Graph paging did not end")

@@ -73,6 +73,7 @@ class Settings(BaseModel):
     cert_window_days: PositiveInt = Field(default=60, alias="CERT_WINDOW_DAYS")
     max_rotations_per_run: PositiveInt = Field(default=50, alias="MAX_ROTATIONS_PER_RUN")
     discovery_concurrency: PositiveInt = Field(default=16, alias="DISCOVERY_CONCURRENCY")
+    scan_shard_subscriptions: PositiveInt = Field(default=1000, alias="SCAN_SHARD_SUBSCRIPTIONS")
 
     # Rotation policy.
     secret_lifetime_days: Annotated[int, Field(ge=1, le=730)] = Field(default=180, alias="SECRET_LIFETIME_DAYS")

@@ -401,7 +401,8 @@ def test_batch_limits_and_throttled_items(emulator: EmulatorControl, emu_setting
 
 
 def test_per_app_rate_limit_answers_429_with_retry_after(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    emulator.reset(_estate([READ_ALL], limits={"graph_capacity": 2, "graph_refill": 0.2}))
+    # GET /applications costs 2 resource units: two calls spend a capacity of 4.
+    emulator.reset(_estate([READ_ALL], limits={"graph_capacity": 4, "graph_refill": 0.2}))
 
     async def body(client: GraphServiceClient) -> ODataError:
         await client.applications.get(_config())
@@ -415,6 +416,7 @@ def test_per_app_rate_limit_answers_429_with_retry_after(emulator: EmulatorContr
     assert err.response_headers is not None
     retry_after: Any = err.response_headers.get("retry-after")  # kiota keeps header values as a set
     assert int(next(iter(retry_after))) >= 1
+    assert "ResourceUnitLimitExceeded" in str(err.response_headers.get("x-ms-throttle-information"))
 
 
 def test_unauthenticated_request_is_refused(emulator: EmulatorControl) -> None:

@@ -56,6 +56,7 @@ def _trigger(bindings: dict[str, Any]) -> dict[str, Any]:
 def test_every_function_is_registered_once(functions: dict[str, dict[str, Any]]) -> None:
     assert set(functions) == {
         "scan_estate",
+        "scan_shard",
         "rotate_credential",
         "rotation_poison",
         "keyvault_events",
@@ -74,6 +75,8 @@ def test_trigger_bindings(functions: dict[str, dict[str, Any]]) -> None:
         "%ROTATION_QUEUE%",
         "AzureWebJobsStorage",
     )
+    shard = _trigger(functions["scan_shard"])
+    assert (shard["type"], shard["queueName"]) == ("queueTrigger", "%ROTATION_QUEUE%-scan")
     poison = _trigger(functions["rotation_poison"])
     assert poison["queueName"] == "%ROTATION_QUEUE%-poison"
     assert _trigger(functions["keyvault_events"])["type"] == "eventGridTrigger"
