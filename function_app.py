@@ -47,6 +47,12 @@ async def keyvault_events(event: func.EventGridEvent) -> None:
     await events.handle_event(settings(), envelope)
 
 
+@app.queue_trigger(arg_name="msg", queue_name="keyvault-events", connection="AzureWebJobsStorage")
+async def keyvault_events_queue(msg: func.QueueMessage) -> None:
+    """The same Key Vault events, delivered by Event Grid to a Storage queue with its managed identity (infra/)."""
+    await events.handle_event(settings(), msg.get_body())
+
+
 @app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 async def http_status(req: func.HttpRequest) -> func.HttpResponse:
     """Estate summary: rotations by state, the nearest expiries, failed rotations."""

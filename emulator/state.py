@@ -17,9 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-# The product's custom role, as infra/ grants it: the estates give the product exactly these actions.
+# The product's custom roles, as infra/ grants them with certificate handling on (the default role plus the opt-in
+# certificate role): the estates give the product exactly these actions.
 ROTATOR_ARM_ACTIONS: tuple[str, ...] = tuple(
-    json.loads((Path(__file__).resolve().parent.parent / "infra" / "app" / "rotator-role-actions.json").read_text())
+    action
+    for name in ("rotator-role-actions.json", "rotator-cert-role-actions.json")
+    for action in json.loads((Path(__file__).resolve().parent.parent / "infra" / "app" / name).read_text())
 )
 
 

@@ -27,12 +27,14 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 __all__ = [
+    "ALERTED_EVENTS",
     "ALERT_EVENTS",
     "EVENT_CREDENTIAL_OVERDUE",
     "EVENT_INPUT_REJECTED",
     "EVENT_KEYVAULT_SECRET_EXPIRED",
     "EVENT_ROTATION_FAILED",
     "EVENT_ROTATION_POISON",
+    "EVENT_ROTATION_URGENT",
     "MASK",
     "AlertEvent",
     "JsonFormatter",
@@ -54,11 +56,15 @@ EVENT_ROTATION_POISON: Final = "rotation.poison"
 EVENT_CREDENTIAL_OVERDUE: Final = "credential.overdue"
 EVENT_KEYVAULT_SECRET_EXPIRED: Final = "keyvault.secret_expired"  # noqa: S105 (an event name)
 EVENT_INPUT_REJECTED: Final = "input.rejected"  # log_event at WARNING, not an alert
+EVENT_ROTATION_URGENT: Final = "rotation.urgent"  # applied outside the maintenance window (rotation.py)
 
 AlertEvent = Literal["rotation.failed", "rotation.poison", "credential.overdue", "keyvault.secret_expired"]
 ALERT_EVENTS: Final = frozenset(
     {EVENT_ROTATION_FAILED, EVENT_ROTATION_POISON, EVENT_CREDENTIAL_OVERDUE, EVENT_KEYVAULT_SECRET_EXPIRED}
 )
+# Every event an alert rule in infra/app/alerts.bicep watches: the alert-level records plus two that are not failures
+# but must reach a human (a forced node image upgrade; rejected input, a bug or someone probing).
+ALERTED_EVENTS: Final = ALERT_EVENTS | {EVENT_ROTATION_URGENT, EVENT_INPUT_REJECTED}
 
 # --------------------------------------------------------------------------------------------------------------
 # Redaction

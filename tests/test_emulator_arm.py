@@ -51,8 +51,13 @@ def _demo_with_new_password(lro_seconds: float = 0.0) -> tuple[dict[str, Any], d
 
 
 def _reset(emulator: EmulatorControl, doc: dict[str, Any]) -> None:
-    """Reset to `doc`, keeping the product identity the session's settings were built with."""
+    """Reset to `doc`, keeping the product identity the session's settings were built with. These wire tests drive
+    the SDK's own LRO poller, which also reads the operation result (Location); the product never does, so its role
+    lacks that action and it is granted here on top."""
     doc["product"]["secret"] = emulator.ready["client_secret"]
+    for grant in doc["role_assignments"]:
+        if grant["principal"] == doc["product"]["app_id"]:
+            grant["actions"] = [*grant["actions"], "Microsoft.ContainerService/locations/operationresults/read"]
     emulator.reset(doc)
 
 

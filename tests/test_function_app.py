@@ -59,6 +59,7 @@ def test_every_function_is_registered_once(functions: dict[str, dict[str, Any]])
         "rotate_credential",
         "rotation_poison",
         "keyvault_events",
+        "keyvault_events_queue",
         "http_status",
         "http_request_rotation",
     }
@@ -77,6 +78,8 @@ def test_trigger_bindings(functions: dict[str, dict[str, Any]]) -> None:
     poison = _trigger(functions["rotation_poison"])
     assert poison["queueName"] == "%ROTATION_QUEUE%-poison"
     assert _trigger(functions["keyvault_events"])["type"] == "eventGridTrigger"
+    events_queue = _trigger(functions["keyvault_events_queue"])
+    assert (events_queue["type"], events_queue["queueName"]) == ("queueTrigger", "keyvault-events")
     status = _trigger(functions["http_status"])
     assert (status["type"], status["route"], status["methods"], status["authLevel"]) == (
         "httpTrigger",
