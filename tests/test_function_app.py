@@ -207,3 +207,34 @@ def test_event_for_a_secret_the_product_does_not_own_is_ignored(
     )
     asyncio.run(function_app_module.keyvault_events(event))
     assert emulator.requests().get("mutations", 0) == 0
+
+
+def test_queue_delivered_event_reaches_the_same_handler(
+    function_app_module: Any, app_env: dict[str, str], emulator: EmulatorControl
+) -> None:
+    """Event Grid writes one event per message to the keyvault-events queue (EventGridSchema); the trigger passes
+    the bytes on unchanged, so the same rules apply: a secret the product does not own changes nothing."""
+    emulator.clear_requests()
+    sub = estate.demo()["subscriptions"][0]["id"]
+    body = {
+        "id": "7b1f3c2a-0000-4000-8000-000000000002",
+        "topic": f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/rotator-kv",
+        "subject": "someone-elses-secret",
+        "eventType": "Microsoft.KeyVault.SecretNearExpiry",
+        "eventTime": "2026-11-29T00:00:00Z",
+        "dataVersion": "1",
+        "data": {
+            "Id": "https://rotator-kv.vault.azure.net/secrets/someone-elses-secret/0123456789abcdef0123456789abcdef",
+            "VaultName": "rotator-kv",
+            "ObjectType": "Secret",
+            "ObjectName": "someone-elses-secret",
+            "Version": "0123456789abcdef0123456789abcdef",
+            "NBF": None,
+            "EXP": 1795478400,
+        },
+    }
+    asyncio.run(function_app_module.keyvault_events_queue(QueueMessage(body=json.dumps(body).encode())))
+    assert emulator.requests().get("keyvault.getSecretVersions", 0) >= 1  # it looked the secret up in Key Vault
+    assert emulator.requests().get("mutations", 0) == 0
+    asyncio.run(function_app_module.keyvault_events_queue(QueueMessage(body=b"\xff not an event")))  # rejected
+    assert emulator.requests().get("mutations", 0) == 0
