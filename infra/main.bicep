@@ -393,12 +393,10 @@ output ROTATOR_IDENTITY_CLIENT_ID string = api.outputs.identityClientId
 output ROTATOR_IDENTITY_PRINCIPAL_ID string = api.outputs.identityPrincipalId
 output ROTATOR_ROLE_DEFINITION_ID string = rotatorRole.outputs.roleDefinitionId
 // What azure.yaml's predown hook removes: `azd down` deletes the resource group only (docs/operations.md).
-output ROTATOR_ROLE_GUIDS string = join(certificateRotationEnabled ? [
+// All three, whatever certificateRotationEnabled is now: a role defined by an earlier provision must go too.
+output ROTATOR_ROLE_GUIDS string = join([
   customRoles.rotator.guid
   customRoles.certificates.guid
-  customRoles.vault.guid
-] : [
-  customRoles.rotator.guid
   customRoles.vault.guid
 ], ' ')
 output ROTATION_SCOPE_SUBSCRIPTIONS string = join(assignableSubscriptionIds, ' ')
