@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from emulator.keyvault import PRODUCT_VAULT_ROLE
 from emulator.state import ROTATOR_ARM_ACTIONS
 
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -35,7 +36,7 @@ def base(rng: random.Random, subscriptions: list[dict[str, Any]]) -> dict[str, A
             for s in subscriptions
         ],
         "graph_app_roles": {PRODUCT_APP_ID: ["Application.ReadWrite.OwnedBy"]},
-        "vault_roles": [{"principal": PRODUCT_APP_ID, "vault": VAULT, "role": "Key Vault Secrets Officer"}],
+        "vault_roles": [{"principal": PRODUCT_APP_ID, "vault": VAULT, "role": PRODUCT_VAULT_ROLE}],
         "applications": [],
         "clusters": [],
     }
