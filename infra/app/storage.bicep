@@ -29,7 +29,7 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    // Set at creation only: an account created before this line keeps its setting (docs/operations.md).
+    // Set at creation only: Azure refuses to change it on an existing account (docs/operations.md).
     encryption: {
       requireInfrastructureEncryption: true
       keySource: 'Microsoft.Storage'
@@ -39,14 +39,6 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
           keyType: 'Account'
         }
         file: {
-          enabled: true
-          keyType: 'Account'
-        }
-        queue: {
-          enabled: true
-          keyType: 'Account'
-        }
-        table: {
           enabled: true
           keyType: 'Account'
         }
