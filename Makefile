@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install browser demo test lint typecheck unit bench clean
 
 install: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
 
@@ -29,6 +29,16 @@ $(CHECKOV_STAMP):
 	$(CHECKOV_VENV)/bin/python -m pip install -q checkov==3.3.30
 	touch $@
 
+# Headless Chromium and its driver from Debian's packages, for the report's browser test (tests/test_report_html.py).
+# Only `make test` needs them; `make demo` writes the report without a browser.
+# chromium-driver depends on chromium: its driver being there means both are.
+CHROMEDRIVER := /usr/bin/chromedriver
+browser: $(CHROMEDRIVER)
+
+$(CHROMEDRIVER):
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
+
 demo: $(PY_STAMP) $(NODE_STAMP)
 	$(BIN)/python -m emulator.demo
 
@@ -39,7 +49,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy shared emulator function_app.py
 
-unit: install
+unit: install browser
 	$(BIN)/python -m pytest
 
 test: lint typecheck unit

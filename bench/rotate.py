@@ -27,7 +27,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from emulator import estate as estates
+from emulator import seeds
 from emulator.sandbox import LocalAzure
 from shared import rotation
 from shared.aks import AksClient
@@ -42,7 +42,7 @@ DUE = ("aks-payments", "aks-checkout")
 
 
 def _estate(lro_seconds: float, replication_seconds: float) -> dict[str, Any]:
-    doc = estates.demo()
+    doc = seeds.demo()
     doc["lro"] = {"base_seconds": lro_seconds, "per_node_seconds": 0}
     doc["replication_seconds"] = replication_seconds
     return doc

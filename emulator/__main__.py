@@ -8,8 +8,9 @@ import signal
 import tempfile
 from pathlib import Path
 
-from emulator import estate
-from emulator.server import Emulator, serve
+from emulator import seeds
+from emulator.core import Emulator
+from emulator.server import serve
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,11 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--latency-ms", type=int, default=0, help="added to every ARM/Graph/Key Vault request")
     args = parser.parse_args(argv)
     if args.estate:
-        seed = estate.load(args.estate)
+        seed = seeds.load(args.estate)
     elif args.clusters is not None:
-        seed = estate.generate(args.clusters, args.subscriptions, args.seed)
+        seed = seeds.generate(args.clusters, args.subscriptions, args.seed)
     else:
-        seed = estate.demo(args.seed)
+        seed = seeds.demo(args.seed)
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="aks-rotator-emulator-"))
     asyncio.run(_run(Emulator(seed, args.latency_ms), args.port, state_dir, args.ready_file))
 

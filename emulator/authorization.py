@@ -21,8 +21,9 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from emulator import graph
-from emulator.arm import SUB, Call, _under, route
-from emulator.server import Reply, error
+from emulator.arm_call import SUB, Call, route
+from emulator.rbac import under
+from emulator.wire import Reply, error
 
 PERMISSIONS = "/providers/Microsoft.Authorization/permissions"
 # Optional resource group and managed cluster below the subscription (one route, one name: `arm.permissions`).
@@ -34,7 +35,7 @@ def _permission_blocks(call: Call, scope: str) -> list[dict[str, Any]]:
     return [
         {"actions": list(ra.actions), "notActions": [], "dataActions": [], "notDataActions": []}
         for ra in call.emu.estate.role_assignments
-        if ra.principal.lower() == principal and _under(scope, ra.scope)
+        if ra.principal.lower() == principal and under(scope, ra.scope)
     ]
 
 
@@ -66,28 +67,28 @@ async def permissions(request: web.Request, call: Call) -> web.Response:
 
 # -- Graph: service principal owners ----------------------------------------------------------------------------
 def list_service_principal_owners(call: graph.Call) -> graph.Result:
-    graph._require_read(call.claims)
-    _, sp = graph._service_principal(call)
-    docs = [graph._directory_object(call, oid) for oid in sorted(sp.owners)]
-    return graph.Result(200, {"@odata.context": graph._context(call, "directoryObjects"), "value": docs})
+    graph.require_read(call.claims)
+    _, sp = graph.find_service_principal(call)
+    docs = [graph.directory_object(call, oid) for oid in sorted(sp.owners)]
+    return graph.Result(200, {"@odata.context": graph.odata_context(call, "directoryObjects"), "value": docs})
 
 
 def add_service_principal_owner(call: graph.Call) -> graph.Result:
     if not graph.WRITE_ALL_ROLES & set(call.claims.roles):
-        raise graph._denied()
-    _, sp = graph._service_principal(call)
+        raise graph.denied()
+    _, sp = graph.find_service_principal(call)
     body = call.body if isinstance(call.body, dict) else {}
     ref = body.get("@odata.id")
-    match = graph._DIRECTORY_REF.search(ref) if isinstance(ref, str) else None
+    match = graph.DIRECTORY_REF.search(ref) if isinstance(ref, str) else None
     if match is None:
-        raise graph._bad_request("Invalid object identifier: the '@odata.id' value is not a directoryObjects URL.")
+        raise graph.bad_request("Invalid object identifier: the '@odata.id' value is not a directoryObjects URL.")
     object_id = unquote(match["id"])
     estate = call.emu.estate
     if estate.sp_by_object_id(object_id) is None and estate.app_by_object_id(object_id) is None:
-        raise graph._not_found(object_id)
+        raise graph.not_found(object_id)
     if object_id in sp.owners:
         message = "One or more added object references already exist for the following modified properties: 'owners'."
-        raise graph._bad_request(message)
+        raise graph.bad_request(message)
     sp.owners.add(object_id)
     return graph.Result(204)
 
@@ -102,4 +103,4 @@ def setup(app: web.Application) -> None:
     r = app.router
     r.add_get(SUB + "{tail:" + _TAIL + "}" + PERMISSIONS, route(False, permissions), name="arm.permissions")
     for op in _GRAPH_OPS:
-        r.add_route(op.method, op.route, graph._handler(op), name=f"graph.{op.name}")
+        r.add_route(op.method, op.route, graph.route_handler(op), name=f"graph.{op.name}")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from emulator.core import emulator_of
 from emulator.faults import FaultRule
-from emulator.server import emulator_of
+from emulator.truth import truth
 
 
 def _bad(message: str) -> web.Response:
@@ -17,7 +18,7 @@ def _bad(message: str) -> web.Response:
 
 
 async def state(request: web.Request) -> web.Response:
-    return web.json_response(emulator_of(request).estate.truth())
+    return web.json_response(truth(emulator_of(request).estate))
 
 
 async def reset(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -21,6 +22,7 @@ from rich.table import Table
 from emulator.sandbox import LocalAzure
 
 WIDTH = 150
+REPORT = Path(".run/report.html")
 console = Console(highlight=False, width=WIDTH)
 
 DEMO_SETTINGS = {
@@ -71,9 +73,13 @@ def main() -> int:
         result = subprocess.run([cli, "run", "--once", "--wait", "60"], env=env, check=False)
         console.rule("Estate after")
         console.print(estate_table("after", azure.control.state()))
-        console.rule("Audit (aks-rotator status --audit)")
-        subprocess.run([cli, "status", "--audit"], env=env, check=False)
+        console.rule("Audit (aks-rotator status --audit --all)")
+        subprocess.run([cli, "status", "--audit", "--all"], env=env, check=False)
+        console.rule(f"Expiry report (aks-rotator report --html {REPORT})")
+        REPORT.parent.mkdir(exist_ok=True)
+        subprocess.run([cli, "report", "--html", str(REPORT)], env=env, check=False)
     console.print(f"demo finished in {time.monotonic() - started:.1f} s; Azurite and the emulator are stopped")
+    console.print(f"expiry report: {REPORT.resolve()}")
     return 0 if result.returncode in (0, 3) else result.returncode
 
 

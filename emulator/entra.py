@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from emulator.server import AUDIENCES, Reply, emulator_of, error
-
-SCOPES = {f"{aud}/.default": aud for aud in set(AUDIENCES.values())}
+from emulator.core import emulator_of
+from emulator.wire import Reply, error, scope_audience
 
 
 def _tenant(request: web.Request) -> str:
@@ -78,8 +77,8 @@ async def token(request: web.Request) -> web.Response:
             "This can happen if the application has not been installed by the administrator of the tenant."
         )
         raise Reply(error("entra", 400, "unauthorized_client", message))
-    audience = next((SCOPES[s] for s in scope.split() if s in SCOPES), None)
-    if audience is None:
+    served = next((found for s in scope.split() if (found := scope_audience(s, emu.endpoint)) is not None), None)
+    if served is None:
         message = (
             f"AADSTS1002012: The provided value for scope {scope[:100]} is not valid. Client credential flows "
             "must have a scope value with /.default suffixed to the resource identifier."
@@ -95,7 +94,8 @@ async def token(request: web.Request) -> web.Response:
     if refusal is not None:
         raise Reply(error("entra", 401, "invalid_client", refusal))
     object_id = emu.estate.principal_object_id(client_id) or app.object_id
-    roles = sorted(emu.estate.graph_roles.get(client_id, set())) if audience == AUDIENCES["graph"] else []
+    surface, audience = served
+    roles = sorted(emu.estate.graph_roles.get(client_id, set())) if surface == "graph" else []
     access_token, _ = emu.tokens.issue(client_id, object_id, audience, roles, emu.clock.timestamp())
     return web.json_response(
         {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": access_token}

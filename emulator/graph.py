@@ -3,7 +3,7 @@
 Every operation is a plain function of a `Call` (caller claims, path parameters, query, body). The same function
 answers a direct HTTPS request and a `$batch` sub-request: `_OPS` is the one routing table, used both to register
 the aiohttp routes (named `graph.<operation>`) and to dispatch batch items. Error bodies come from
-`emulator.server.error`, so batch items carry exactly the shape a direct call would.
+`emulator.wire.error`, so batch items carry exactly the shape a direct call would.
 
 Permissions follow the Graph permissions reference (see docs/emulator.md, "Microsoft Graph"):
 `Application.Read.All` reads; `Application.ReadWrite.OwnedBy` reads everything and writes only objects whose
@@ -26,17 +26,10 @@ from urllib.parse import quote, unquote, urlsplit
 from aiohttp import web
 from multidict import MultiDict
 
-from emulator.server import MUTATING, Emulator, Reply, emulator_of, error, json_body, throttled
-from emulator.state import (
-    Application,
-    Password,
-    PasswordPolicy,
-    ServicePrincipal,
-    new_secret,
-    parse_time,
-    secret_hash,
-)
+from emulator.core import Emulator, emulator_of
+from emulator.records import Application, PasswordPolicy, ServicePrincipal, parse_time
 from emulator.tokens import Claims
+from emulator.wire import MUTATING, Reply, error, json_body, throttled
 
 SURFACE = "graph"
 BASE = "/v1.0"
@@ -99,28 +92,28 @@ OpFunc = Callable[[Call], Result]
 
 
 # -- errors and authorization ---------------------------------------------------------------------------------
-def _denied() -> GraphFailure:
+def denied() -> GraphFailure:
     return GraphFailure(403, "Authorization_RequestDenied", DENIED)
 
 
-def _not_found(ref: str) -> GraphFailure:
+def not_found(ref: str) -> GraphFailure:
     message = f"Resource '{ref}' does not exist or one of its queried reference-property objects are not present."
     return GraphFailure(404, "Request_ResourceNotFound", message)
 
 
-def _bad_request(message: str, code: str = "Request_BadRequest") -> GraphFailure:
+def bad_request(message: str, code: str = "Request_BadRequest") -> GraphFailure:
     return GraphFailure(400, code, message)
 
 
-def _require_read(claims: Claims) -> None:
+def require_read(claims: Claims) -> None:
     if not READ_ROLES & set(claims.roles):
-        raise _denied()
+        raise denied()
 
 
 def _require_write_role(claims: Claims) -> None:
     roles = set(claims.roles)
     if not (roles & WRITE_ALL_ROLES or OWNED_BY_ROLE in roles):
-        raise _denied()
+        raise denied()
 
 
 def _require_owner(claims: Claims, owners: set[str]) -> None:
@@ -130,7 +123,7 @@ def _require_owner(claims: Claims, owners: set[str]) -> None:
         return
     if OWNED_BY_ROLE in roles and claims.object_id in owners:
         return
-    raise _denied()
+    raise denied()
 
 
 # -- lookups --------------------------------------------------------------------------------------------------
@@ -150,29 +143,29 @@ def _application(call: Call) -> Application:
         ref = call.params["id"]
         app = call.emu.estate.app_by_object_id(ref)
     if app is None:
-        raise _not_found(ref)
+        raise not_found(ref)
     return app
 
 
-def _service_principal(call: Call) -> tuple[Application, ServicePrincipal]:
+def find_service_principal(call: Call) -> tuple[Application, ServicePrincipal]:
     if "appId" in call.params:
         ref = call.params["appId"]
         app = _app_by_app_id(call, ref)
         if app is None or app.sp is None:
-            raise _not_found(ref)
+            raise not_found(ref)
         return app, app.sp
     ref = call.params["id"]
     for app in call.emu.estate.applications.values():
         if app.sp is not None and app.sp.object_id == ref:
             return app, app.sp
-    raise _not_found(ref)
+    raise not_found(ref)
 
 
 def _holder(call: Call, holder: Holder) -> tuple[Application, Application | ServicePrincipal, set[str]]:
     if holder == "application":
         app = _application(call)
         return app, app, app.owners
-    app, sp = _service_principal(call)
+    app, sp = find_service_principal(call)
     return app, sp, sp.owners
 
 
@@ -191,7 +184,7 @@ def _app_json(call: Call, app: Application) -> dict[str, Any]:
         "signInAudience": "AzureADMyOrg",
         "tags": [],
         "keyCredentials": [],
-        "passwordCredentials": [p.graph() for p in app.passwords],
+        "passwordCredentials": [p.graph() for p in call.emu.estate.visible_passwords(app, "application")],
     }
 
 
@@ -209,11 +202,11 @@ def _sp_json(call: Call, app: Application, sp: ServicePrincipal) -> dict[str, An
         "signInAudience": "AzureADMyOrg",
         "tags": [],
         "keyCredentials": [],
-        "passwordCredentials": [p.graph() for p in sp.passwords],
+        "passwordCredentials": [p.graph() for p in call.emu.estate.visible_passwords(app, "servicePrincipal")],
     }
 
 
-def _context(call: Call, fragment: str) -> str:
+def odata_context(call: Call, fragment: str) -> str:
     return f"{call.emu.endpoint}{BASE}/$metadata#{fragment}"
 
 
@@ -223,7 +216,7 @@ def _selected(call: Call, entity_type: str) -> list[str] | None:
         return None
     fields = [f.strip() for f in raw.split(",") if f.strip()]
     if not fields:
-        raise _bad_request("Invalid $select: the value is empty.")
+        raise bad_request("Invalid $select: the value is empty.")
     return fields
 
 
@@ -234,7 +227,7 @@ def _project(doc: dict[str, Any], fields: list[str] | None, entity_type: str) ->
     for name in fields:
         match = next((k for k in doc if k.lower() == name.lower()), None)
         if match is None:
-            raise _bad_request(f"Could not find a property named '{name}' on type 'microsoft.graph.{entity_type}'.")
+            raise bad_request(f"Could not find a property named '{name}' on type 'microsoft.graph.{entity_type}'.")
         out[match] = doc[match]
     return out
 
@@ -244,20 +237,29 @@ _QUOTED = r"'(?:[^']|'')*'"
 _IN = re.compile(rf"^\s*(?P<prop>\w+)\s+in\s*\((?P<values>\s*{_QUOTED}\s*(?:,\s*{_QUOTED}\s*)*)\)\s*$", re.IGNORECASE)
 _EQ = re.compile(rf"^\s*(?P<prop>\w+)\s+eq\s+(?P<value>{_QUOTED})\s*$", re.IGNORECASE)
 _FILTERABLE = {"appid": "appId", "id": "id"}
+# `az ad sp show --id <appId>` looks the service principal up by name (azure-cli `_resolve_service_principal`).
+_ANY_NAME = re.compile(
+    rf"^\s*servicePrincipalNames/any\(\s*(?P<var>\w+)\s*:\s*(?P=var)\s+eq\s+(?P<value>{_QUOTED})\s*\)\s*$",
+    re.IGNORECASE,
+)
 
 
 def _parse_filter(raw: str, entity_type: str) -> tuple[str, list[str]]:
-    """(property, values) for `prop in ('a','b')` or `prop eq 'a'` on appId or id."""
+    """(property, values) for `prop in ('a','b')` or `prop eq 'a'` on appId or id, or for
+    `servicePrincipalNames/any(c:c eq 'a')` on service principals."""
+    named = _ANY_NAME.match(raw)
+    if named is not None and entity_type == "servicePrincipal":
+        return "servicePrincipalNames", [named["value"][1:-1].replace("''", "'")]
     match = _IN.match(raw) or _EQ.match(raw)
     if match is None:
-        raise _bad_request("Unsupported or invalid query filter clause specified.", "Request_UnsupportedQuery")
+        raise bad_request("Unsupported or invalid query filter clause specified.", "Request_UnsupportedQuery")
     prop = _FILTERABLE.get(match["prop"].lower())
     if prop is None:
         message = (
             f"Unsupported or invalid query filter clause specified for property '{match['prop']}' "
             f"of resource '{entity_type[0].upper()}{entity_type[1:]}'."
         )
-        raise _bad_request(message, "Request_UnsupportedQuery")
+        raise bad_request(message, "Request_UnsupportedQuery")
     text = match.groupdict().get("values") or match.groupdict().get("value") or ""
     values = [v[1:-1].replace("''", "'") for v in re.findall(_QUOTED, text)]
     if len(values) > MAX_IN_VALUES:
@@ -265,7 +267,7 @@ def _parse_filter(raw: str, entity_type: str) -> tuple[str, list[str]]:
             f"Too many child clauses specified in search filter expression containing 'OR' operators: "
             f"{len(values)}. Max allowed: {MAX_IN_VALUES}."
         )
-        raise _bad_request(message, "Request_UnsupportedQuery")
+        raise bad_request(message, "Request_UnsupportedQuery")
     return prop, values
 
 
@@ -274,7 +276,7 @@ def _top(call: Call) -> int:
     if raw is None:
         return DEFAULT_TOP
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_TOP:
-        raise _bad_request(f"Invalid page size specified: '{raw}'. Must be between 1 and {MAX_TOP} inclusive.")
+        raise bad_request(f"Invalid page size specified: '{raw}'. Must be between 1 and {MAX_TOP} inclusive.")
     return int(raw)
 
 
@@ -288,7 +290,7 @@ def _skip(call: Call) -> int:
         if kind != "emu-offset" or not number.isdigit():
             raise ValueError(decoded)
     except ValueError:
-        raise _bad_request("Invalid skip token.") from None
+        raise bad_request("Invalid skip token.") from None
     return int(number)
 
 
@@ -304,7 +306,7 @@ def _page(call: Call, docs: list[dict[str, Any]], collection: str, fields: list[
     offset = _skip(call)
     page = docs[offset : offset + top]
     fragment = f"{collection}({','.join(fields)})" if fields else collection
-    body: dict[str, Any] = {"@odata.context": _context(call, fragment), "value": page}
+    body: dict[str, Any] = {"@odata.context": odata_context(call, fragment), "value": page}
     if offset + top < len(docs):
         body["@odata.nextLink"] = _next_link(call, offset + top)
     return Result(200, body)
@@ -317,6 +319,8 @@ def _filtered_apps(call: Call, entity_type: str) -> list[Application]:
         return apps
     prop, values = _parse_filter(raw, entity_type)
     wanted = {v.lower() for v in values}
+    if prop == "servicePrincipalNames":
+        return [a for a in apps if a.sp is not None and a.sp.app_id.lower() in wanted]
     if prop == "appId":
         found = [_app_by_app_id(call, v) for v in dict.fromkeys(values)]
         chosen = {a.app_id for a in found if a is not None}
@@ -328,23 +332,23 @@ def _filtered_apps(call: Call, entity_type: str) -> list[Application]:
 
 # -- operations: reads ----------------------------------------------------------------------------------------
 def list_applications(call: Call) -> Result:
-    _require_read(call.claims)
+    require_read(call.claims)
     fields = _selected(call, "application")
     docs = [_project(_app_json(call, a), fields, "application") for a in _filtered_apps(call, "application")]
     return _page(call, docs, "applications", fields)
 
 
 def get_application(call: Call) -> Result:
-    _require_read(call.claims)
+    require_read(call.claims)
     fields = _selected(call, "application")
     app = _application(call)
     fragment = f"applications({','.join(fields)})/$entity" if fields else "applications/$entity"
     doc = _project(_app_json(call, app), fields, "application")
-    return Result(200, {"@odata.context": _context(call, fragment), **doc})
+    return Result(200, {"@odata.context": odata_context(call, fragment), **doc})
 
 
 def list_service_principals(call: Call) -> Result:
-    _require_read(call.claims)
+    require_read(call.claims)
     fields = _selected(call, "servicePrincipal")
     docs = [
         _project(_sp_json(call, a, a.sp), fields, "servicePrincipal")
@@ -355,12 +359,12 @@ def list_service_principals(call: Call) -> Result:
 
 
 def get_service_principal(call: Call) -> Result:
-    _require_read(call.claims)
+    require_read(call.claims)
     fields = _selected(call, "servicePrincipal")
-    app, sp = _service_principal(call)
+    app, sp = find_service_principal(call)
     fragment = f"servicePrincipals({','.join(fields)})/$entity" if fields else "servicePrincipals/$entity"
     doc = _project(_sp_json(call, app, sp), fields, "servicePrincipal")
-    return Result(200, {"@odata.context": _context(call, fragment), **doc})
+    return Result(200, {"@odata.context": odata_context(call, fragment), **doc})
 
 
 # -- operations: passwords ------------------------------------------------------------------------------------
@@ -383,7 +387,7 @@ def _effective_policy(emu: Emulator, app: Application) -> tuple[PasswordPolicy, 
     return _tenant_policy(emu), "00000000-0000-0000-0000-000000000000"
 
 
-def _add_years(value: datetime, years: int) -> datetime:
+def add_years(value: datetime, years: int) -> datetime:
     try:
         return value.replace(year=value.year + years)
     except ValueError:  # 29 February
@@ -399,7 +403,7 @@ def _time(pc: dict[str, Any], name: str) -> datetime | None:
             raise ValueError(raw)
         return parse_time(raw)
     except ValueError:
-        raise _bad_request(f"Invalid value specified for property '{name}' of resource 'PasswordCredential'.") from None
+        raise bad_request(f"Invalid value specified for property '{name}' of resource 'PasswordCredential'.") from None
 
 
 def _add_password(call: Call, holder: Holder) -> Result:
@@ -409,40 +413,31 @@ def _add_password(call: Call, holder: Holder) -> Result:
     body = call.body if isinstance(call.body, dict) else {}
     pc = body.get("passwordCredential") or {}
     if not isinstance(pc, dict):
-        raise _bad_request("Invalid value specified for property 'passwordCredential'.")
+        raise bad_request("Invalid value specified for property 'passwordCredential'.")
     now = call.emu.clock.now()
     start = _time(pc, "startDateTime") or now
-    end = _time(pc, "endDateTime") or _add_years(start, 2)
+    end = _time(pc, "endDateTime") or add_years(start, 2)
     if end <= start:
-        raise _bad_request("Invalid value specified for property 'endDateTime' of resource 'PasswordCredential'.")
+        raise bad_request("Invalid value specified for property 'endDateTime' of resource 'PasswordCredential'.")
     policy, policy_id = _effective_policy(call.emu, app)
     if policy.block_addition:
-        raise _bad_request(
+        raise bad_request(
             "Credential type not allowed as per assigned policy.", "CredentialTypeNotAllowedAsPerAppPolicy"
         )
     if policy.max_lifetime_days is not None and end - start > timedelta(days=policy.max_lifetime_days):
         message = f"Credential lifetime exceeds the max value allowed as per assigned policy '{policy_id}'."
-        raise _bad_request(message, "CredentialInvalidLifetimeAsPerAppPolicy")
+        raise bad_request(message, "CredentialInvalidLifetimeAsPerAppPolicy")
     if app.password_limit is not None and len(target.passwords) >= app.password_limit:
         message = (
             f"Not allowed to add {len(target.passwords) + 1} passwords. "
             f"You can only add a maximum of {app.password_limit} passwords."
         )
-        raise _bad_request(message, "TooManyAppPasswords")
-    secret = new_secret()
-    call.emu.estate.issued_secrets.append(secret)
+        raise bad_request(message, "TooManyAppPasswords")
     display_name = pc.get("displayName")
-    password = Password(
-        key_id=str(uuid.uuid4()),
-        display_name=display_name if isinstance(display_name, str) else None,
-        start=start,
-        end=end,
-        hash=secret_hash(secret),
-        hint=secret[:3],
-        created=call.emu.clock.timestamp(),
+    password, secret = call.emu.estate.add_password(
+        app, holder, start, end, display_name if isinstance(display_name, str) else None, call.claims.app_id
     )
-    target.passwords.append(password)
-    doc = {"@odata.context": _context(call, "microsoft.graph.passwordCredential"), **password.graph(secret)}
+    doc = {"@odata.context": odata_context(call, "microsoft.graph.passwordCredential"), **password.graph(secret)}
     return Result(200, doc)
 
 
@@ -455,12 +450,11 @@ def _remove_password(call: Call, holder: Holder) -> Result:
     try:
         key = str(uuid.UUID(str(key_id)))
     except ValueError:
-        raise _bad_request("Invalid value specified for property 'keyId' of resource 'PasswordCredential'.") from None
+        raise bad_request("Invalid value specified for property 'keyId' of resource 'PasswordCredential'.") from None
     password = next((p for p in target.passwords if p.key_id.lower() == key), None)
     if password is None:
-        raise _bad_request(f"No password credential found with keyId '{key}'.")
-    call.emu.estate.account_app(app.app_id)  # outage accounting before validity changes
-    target.passwords.remove(password)
+        raise bad_request(f"No password credential found with keyId '{key}'.")
+    call.emu.estate.remove_password(app, holder, password, call.claims.app_id)
     return Result(204)
 
 
@@ -481,7 +475,7 @@ def remove_service_principal_password(call: Call) -> Result:
 
 
 # -- operations: owners ---------------------------------------------------------------------------------------
-def _directory_object(call: Call, object_id: str) -> dict[str, Any]:
+def directory_object(call: Call, object_id: str) -> dict[str, Any]:
     estate = call.emu.estate
     sp = estate.sp_by_object_id(object_id)
     if sp is not None:
@@ -499,32 +493,32 @@ def _directory_object(call: Call, object_id: str) -> dict[str, Any]:
 
 
 def list_owners(call: Call) -> Result:
-    _require_read(call.claims)
+    require_read(call.claims)
     app = _application(call)
-    docs = [_directory_object(call, oid) for oid in sorted(app.owners)]
-    return Result(200, {"@odata.context": _context(call, "directoryObjects"), "value": docs})
+    docs = [directory_object(call, oid) for oid in sorted(app.owners)]
+    return Result(200, {"@odata.context": odata_context(call, "directoryObjects"), "value": docs})
 
 
-_DIRECTORY_REF = re.compile(r"/directoryObjects/(?P<id>[^/?#]+)$")
+DIRECTORY_REF = re.compile(r"/directoryObjects/(?P<id>[^/?#]+)$")
 
 
 def add_owner(call: Call) -> Result:
     # Graph: "Application.ReadWrite.OwnedBy isn't sufficient to add another owner."
     if not WRITE_ALL_ROLES & set(call.claims.roles):
-        raise _denied()
+        raise denied()
     app = _application(call)
     body = call.body if isinstance(call.body, dict) else {}
     ref = body.get("@odata.id")
-    match = _DIRECTORY_REF.search(ref) if isinstance(ref, str) else None
+    match = DIRECTORY_REF.search(ref) if isinstance(ref, str) else None
     if match is None:
-        raise _bad_request("Invalid object identifier: the '@odata.id' value is not a directoryObjects URL.")
+        raise bad_request("Invalid object identifier: the '@odata.id' value is not a directoryObjects URL.")
     object_id = unquote(match["id"])
     estate = call.emu.estate
     if estate.sp_by_object_id(object_id) is None and estate.app_by_object_id(object_id) is None:
-        raise _not_found(object_id)
+        raise not_found(object_id)
     if object_id in app.owners:
         message = "One or more added object references already exist for the following modified properties: 'owners'."
-        raise _bad_request(message)
+        raise bad_request(message)
     app.owners.add(object_id)
     return Result(204)
 
@@ -555,11 +549,11 @@ def _restrictions(policy: PasswordPolicy) -> list[dict[str, Any]]:
 
 def _require_policy_read(claims: Claims) -> None:
     if not POLICY_READ_ROLES & set(claims.roles):
-        raise _denied()
+        raise denied()
 
 
 def list_app_management_policies(call: Call) -> Result:
-    _require_read(call.claims)
+    require_read(call.claims)
     _require_policy_read(call.claims)
     app = _application(call)
     value = []
@@ -574,7 +568,7 @@ def list_app_management_policies(call: Call) -> Result:
             }
         )
     fragment = f"applications('{app.object_id}')/appManagementPolicies"
-    return Result(200, {"@odata.context": _context(call, fragment), "value": value})
+    return Result(200, {"@odata.context": odata_context(call, fragment), "value": value})
 
 
 def get_default_app_management_policy(call: Call) -> Result:
@@ -582,7 +576,7 @@ def get_default_app_management_policy(call: Call) -> Result:
     policy = _tenant_policy(call.emu)
     restrictions = _restrictions(policy)
     doc = {
-        "@odata.context": _context(call, "policies/defaultAppManagementPolicy/$entity"),
+        "@odata.context": odata_context(call, "policies/defaultAppManagementPolicy/$entity"),
         "id": "00000000-0000-0000-0000-000000000000",
         "displayName": "Default app management tenant policy",
         "description": "Default tenant policy that enforces app management restrictions on applications and service "
@@ -699,7 +693,7 @@ def _execute(op: Op, call: Call) -> web.Response:
     return web.Response(status=result.status, text=json.dumps(result.body), headers=headers)
 
 
-def _handler(op: Op) -> Callable[[web.Request], Any]:
+def route_handler(op: Op) -> Callable[[web.Request], Any]:
     async def handle(request: web.Request) -> web.StreamResponse:
         emu = emulator_of(request)
         claims = emu.authenticate(request, SURFACE)
@@ -822,4 +816,4 @@ def setup(app: web.Application) -> None:
     """Register every Graph operation as `graph.<name>` plus `graph.batch`."""
     app.router.add_post(f"{BASE}/$batch", batch, name="graph.batch")
     for op in _OPS:
-        app.router.add_route(op.method, op.route, _handler(op), name=f"graph.{op.name}")
+        app.router.add_route(op.method, op.route, route_handler(op), name=f"graph.{op.name}")

@@ -21,10 +21,12 @@ from typing import Any
 
 from aiohttp import web
 
+from emulator.core import Emulator, emulator_of
 from emulator.faults import TokenBucket
-from emulator.server import Emulator, Reply, emulator_of, json_body, throttled
-from emulator.state import Estate, SecretVersion, Vault, secret_hash
+from emulator.model import Estate
+from emulator.records import SecretVersion, Vault, secret_hash
 from emulator.tokens import Claims
+from emulator.wire import Reply, json_body, throttled
 
 SURFACE = "keyvault"
 NAME_RE = re.compile(r"[0-9a-zA-Z-]{1,127}")
@@ -80,7 +82,7 @@ def kv_error(
     return web.json_response({"error": err}, status=status, headers=extra)
 
 
-def _not_found(name: str, version: str | None = None) -> Reply:
+def not_found(name: str, version: str | None = None) -> Reply:
     ident = f"{name}/{version}" if version else name
     message = (
         f"A secret with (name/id) {ident} was not found in this key vault. If you recently deleted this secret you "
@@ -90,13 +92,13 @@ def _not_found(name: str, version: str | None = None) -> Reply:
     return Reply(kv_error(404, "SecretNotFound", message))
 
 
-def _bad(message: str) -> Reply:
+def bad(message: str) -> Reply:
     return Reply(kv_error(400, "BadParameter", message))
 
 
 # -- context --------------------------------------------------------------------------------------------------
 @dataclass
-class _Call:
+class KvCall:
     emu: Emulator
     claims: Claims
     vault: Vault
@@ -133,7 +135,7 @@ def _allowed(roles: set[str], action: str) -> bool:
     return False
 
 
-def _forbidden(call: _Call, action: str, secret: str | None) -> Reply:
+def _forbidden(call: KvCall, action: str, secret: str | None) -> Reply:
     emu, claims, vault = call.emu, call.claims, call.vault.name
     message = (
         "Caller is not authorized to perform action on resource.\r\n"
@@ -162,11 +164,11 @@ def _bucket(emu: Emulator) -> TokenBucket:
     return bucket
 
 
-def _begin(request: web.Request, action: str, secret: str | None) -> _Call:
+def begin(request: web.Request, action: str, secret: str | None) -> KvCall:
     """Authenticate (401 challenge), find the vault, throttle per vault, validate the name, check RBAC."""
     emu = emulator_of(request)
     claims = emu.authenticate(request, SURFACE)
-    vault_name = request.match_info["vault"]
+    vault_name = request.match_info.get("vault") or next(iter(emu.estate.vaults), "")
     vault = emu.estate.vaults.get(vault_name)
     if vault is None:
         message = (
@@ -177,9 +179,9 @@ def _begin(request: web.Request, action: str, secret: str | None) -> _Call:
     allowed, _, wait = _bucket(emu).take(vault.name)
     if not allowed:
         raise Reply(throttled(SURFACE, wait))
-    call = _Call(emu, claims, vault)
+    call = KvCall(emu, claims, vault)
     if secret is not None and not NAME_RE.fullmatch(secret):
-        raise _bad(f"The request URI contains an invalid name: {secret}")
+        raise bad(f"The request URI contains an invalid name: {secret}")
     if not _allowed(emu.estate.vault_roles.get((claims.app_id, vault.name), set()), action):
         raise _forbidden(call, action, secret)
     return call
@@ -190,7 +192,7 @@ def secret_id(emu: Emulator, name: str, version: str | None = None) -> str:
     return f"{emu.endpoint}/secrets/{name}" + (f"/{version}" if version else "")
 
 
-def _attributes(v: SecretVersion) -> dict[str, Any]:
+def attributes(v: SecretVersion) -> dict[str, Any]:
     attrs: dict[str, Any] = {"enabled": v.enabled}
     if v.not_before is not None:
         attrs["nbf"] = v.not_before
@@ -215,7 +217,7 @@ def bundle(emu: Emulator, name: str, v: SecretVersion, with_value: bool) -> dict
     if v.content_type is not None:
         body["contentType"] = v.content_type
     body["id"] = secret_id(emu, name, v.version)
-    body["attributes"] = _attributes(v)
+    body["attributes"] = attributes(v)
     if v.tags:
         body["tags"] = dict(v.tags)
     return body
@@ -223,7 +225,7 @@ def bundle(emu: Emulator, name: str, v: SecretVersion, with_value: bool) -> dict
 
 def item(emu: Emulator, name: str, v: SecretVersion, versioned: bool) -> dict[str, Any]:
     """SecretItem: no value; `versioned=False` for the vault listing (id without version, latest attributes)."""
-    body: dict[str, Any] = {"id": secret_id(emu, name, v.version if versioned else None), "attributes": _attributes(v)}
+    body: dict[str, Any] = {"id": secret_id(emu, name, v.version if versioned else None), "attributes": attributes(v)}
     if v.tags:
         body["tags"] = dict(v.tags)
     if v.content_type is not None:
@@ -242,7 +244,7 @@ def _timestamp(value: Any, field: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad(f"Property '{field}' has invalid value: expected a unix time in seconds.")
+        raise bad(f"Property '{field}' has invalid value: expected a unix time in seconds.")
     return int(value)
 
 
@@ -250,12 +252,12 @@ def _tags(value: Any) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise _bad("Property 'tags' has invalid value: expected an object of string values.")
+        raise bad("Property 'tags' has invalid value: expected an object of string values.")
     if len(value) > MAX_TAGS:
-        raise _bad(f"The number of tags ({len(value)}) exceeds the maximum of {MAX_TAGS}.")
+        raise bad(f"The number of tags ({len(value)}) exceeds the maximum of {MAX_TAGS}.")
     for key, val in value.items():
         if len(key) > 512 or len(val) > 256:
-            raise _bad("A tag name is limited to 512 characters and a tag value to 256 characters.")
+            raise bad("A tag name is limited to 512 characters and a tag value to 256 characters.")
     return dict(value)
 
 
@@ -263,25 +265,25 @@ def _content_type(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > MAX_CONTENT_TYPE:
-        raise _bad("Property 'contentType' has invalid value.")
+        raise bad("Property 'contentType' has invalid value.")
     return value
 
 
 def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.")
+        raise bad("The request body must be a JSON object.")
     return body
 
 
 def _find(vault: Vault, name: str, version: str | None) -> SecretVersion:
     versions = vault.secrets.get(name)
     if not versions:
-        raise _not_found(name, version)
+        raise not_found(name, version)
     if version is None:
         return versions[-1]
     found = next((v for v in versions if v.version == version.lower()), None)
     if found is None:
-        raise _not_found(name, version)
+        raise not_found(name, version)
     return found
 
 
@@ -292,9 +294,9 @@ def _page_size(request: web.Request) -> int:
     try:
         size = int(raw)
     except ValueError:
-        raise _bad("The value of the maxresults parameter is not a valid integer.") from None
+        raise bad("The value of the maxresults parameter is not a valid integer.") from None
     if not 1 <= size <= PAGE_MAX:
-        raise _bad(f"The value of the maxresults parameter must be between 1 and {PAGE_MAX}.")
+        raise bad(f"The value of the maxresults parameter must be between 1 and {PAGE_MAX}.")
     return size
 
 
@@ -306,11 +308,11 @@ def _marker(request: web.Request) -> str | None:
         padded = token + "=" * (-len(token) % 4)
         marker = json.loads(base64.urlsafe_b64decode(padded))["NextMarker"]
     except (binascii.Error, ValueError, KeyError, TypeError):
-        raise _bad("The $skiptoken parameter is invalid.") from None
+        raise bad("The $skiptoken parameter is invalid.") from None
     return str(marker)
 
 
-def _page(request: web.Request, keyed: list[tuple[str, dict[str, Any]]], base_path: str) -> web.Response:
+def paged(request: web.Request, keyed: list[tuple[str, dict[str, Any]]], base_path: str) -> web.Response:
     """One page of `keyed` (sorted by key), continuing after the `$skiptoken` marker; absolute `nextLink`."""
     emu = emulator_of(request)
     size = _page_size(request)
@@ -330,19 +332,19 @@ def _page(request: web.Request, keyed: list[tuple[str, dict[str, Any]]], base_pa
 # -- handlers -------------------------------------------------------------------------------------------------
 async def set_secret(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    call = _begin(request, SET, name)
+    call = begin(request, SET, name)
     body = _object(json_body(await request.text(), SURFACE))
     value = body.get("value")
     if not isinstance(value, str):
-        raise _bad("Property 'value' is required and must be a string.")
+        raise bad("Property 'value' is required and must be a string.")
     if len(value.encode()) > MAX_VALUE_BYTES:
-        raise _bad(f"The secret value exceeds the maximum size of {MAX_VALUE_BYTES} bytes.")
+        raise bad(f"The secret value exceeds the maximum size of {MAX_VALUE_BYTES} bytes.")
     attrs = body.get("attributes") or {}
     if not isinstance(attrs, dict):
-        raise _bad("Property 'attributes' has invalid value.")
+        raise bad("Property 'attributes' has invalid value.")
     enabled = attrs.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise _bad("Property 'enabled' has invalid value.")
+        raise bad("Property 'enabled' has invalid value.")
     now = int(call.emu.clock.timestamp())
     version = SecretVersion(
         version=uuid.uuid4().hex,
@@ -356,13 +358,19 @@ async def set_secret(request: web.Request) -> web.Response:
         created=now,
         updated=now,
     )
+    if name in call.vault.deleted:
+        message = (
+            f"Secret {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this "
+            "state, the secret can only be recovered or purged."
+        )
+        raise Reply(kv_error(409, "Conflict", message, inner="ObjectIsDeletedButRecoverable"))
     call.vault.secrets.setdefault(name, []).append(version)
     return web.json_response(bundle(call.emu, name, version, with_value=True))
 
 
 async def get_secret(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    call = _begin(request, GET, name)
+    call = begin(request, GET, name)
     found = _find(call.vault, name, _version_of(request))
     if not found.enabled:
         message = "Operation get is not allowed on a disabled secret."
@@ -372,37 +380,37 @@ async def get_secret(request: web.Request) -> web.Response:
 
 async def get_secret_versions(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    call = _begin(request, READ_METADATA, name)
+    call = begin(request, READ_METADATA, name)
     versions = call.vault.secrets.get(name, [])
     # The service lists versions in the order of their identifiers, not by creation time.
     keyed = sorted((v.version, item(call.emu, name, v, versioned=True)) for v in versions)
-    return _page(request, keyed, f"/kv/{call.vault.name}/secrets/{name}/versions")
+    return paged(request, keyed, f"/kv/{call.vault.name}/secrets/{name}/versions")
 
 
 async def get_secrets(request: web.Request) -> web.Response:
-    call = _begin(request, READ_METADATA, None)
+    call = begin(request, READ_METADATA, None)
     keyed = sorted(
         (name, item(call.emu, name, versions[-1], versioned=False))
         for name, versions in call.vault.secrets.items()
         if versions
     )
-    return _page(request, keyed, f"/kv/{call.vault.name}/secrets")
+    return paged(request, keyed, f"/kv/{call.vault.name}/secrets")
 
 
 async def update_secret(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    call = _begin(request, UPDATE, name)
+    call = begin(request, UPDATE, name)
     body = _object(json_body(await request.text(), SURFACE))
     found = _find(call.vault, name, _version_of(request))
     content_type = _content_type(body.get("contentType"))
     tags = _tags(body["tags"]) if body.get("tags") is not None else None
     attrs = body.get("attributes")
     if attrs is not None and not isinstance(attrs, dict):
-        raise _bad("Property 'attributes' has invalid value.")
+        raise bad("Property 'attributes' has invalid value.")
     attrs = attrs or {}
     enabled = attrs.get("enabled")
     if enabled is not None and not isinstance(enabled, bool):
-        raise _bad("Property 'enabled' has invalid value.")
+        raise bad("Property 'enabled' has invalid value.")
     nbf = _timestamp(attrs.get("nbf"), "nbf")
     exp = _timestamp(attrs.get("exp"), "exp")
     # Only what the request carries changes; tags, when present, replace the whole set.
@@ -421,11 +429,15 @@ async def update_secret(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    """Register the Key Vault routes (the `versions` listing before the `{version}` catch-all)."""
-    base = "/kv/{vault}/secrets"
+    """Register the Key Vault routes (the `versions` listing before the `{version}` catch-all), under `/kv/{vault}`
+    and, for the first vault, at the root too: the ids handed to clients (`{endpoint}/secrets/{name}/{version}`)
+    then work when used again (`az keyvault secret show --id`, `KeyVaultSecretIdentifier`)."""
     tail = "{version:(/[^/]*)?}"
-    app.router.add_get(base + "/{name}/versions", get_secret_versions, name="keyvault.getSecretVersions")
-    app.router.add_get(base + "/{name}" + tail, get_secret, name="keyvault.getSecret")
-    app.router.add_get(base + "{slash:/?}", get_secrets, name="keyvault.getSecrets")
-    app.router.add_put(base + "/{name}", set_secret, name="keyvault.setSecret")
-    app.router.add_patch(base + "/{name}" + tail, update_secret, name="keyvault.updateSecret")
+    for prefix, suffix in (("/kv/{vault}", ""), ("", "AtRoot")):
+        base = prefix + "/secrets"
+        r = app.router
+        r.add_get(base + "/{name}/versions", get_secret_versions, name="keyvault.getSecretVersions" + suffix)
+        r.add_get(base + "/{name}" + tail, get_secret, name="keyvault.getSecret" + suffix)
+        r.add_get(base + "{slash:/?}", get_secrets, name="keyvault.getSecrets" + suffix)
+        r.add_put(base + "/{name}", set_secret, name="keyvault.setSecret" + suffix)
+        r.add_patch(base + "/{name}" + tail, update_secret, name="keyvault.updateSecret" + suffix)

@@ -21,10 +21,12 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator.arm import authorization_failed, can, cluster_json, visible_subscriptions
-from emulator.server import Emulator, Reply, emulator_of, json_body
-from emulator.state import Cluster
+from emulator.arm_shapes import cluster_json
+from emulator.core import Emulator, emulator_of
+from emulator.rbac import authorization_failed, can, visible_subscriptions
+from emulator.records import Cluster
 from emulator.tokens import Claims
+from emulator.wire import Reply, json_body
 
 PAGE_MAX = 1000
 PAGE_DEFAULT = 100

@@ -105,6 +105,16 @@ class EmulatorControl:
     def clear_requests(self) -> None:
         self._call("DELETE", "requests")
 
+    def world(self, event: str, **body: Any) -> dict[str, Any]:
+        """A world event (`POST /_emulator/world/{event}`): see docs/emulator.md, "World events"."""
+        result: dict[str, Any] = self._call("POST", f"world/{event}", body)
+        return result
+
+    def set_modes(self, **modes: Any) -> dict[str, Any]:
+        """Switch field modes on (`POST /_emulator/modes`); `reset` switches them all off again."""
+        result: dict[str, Any] = self._call("POST", "modes", modes)
+        return result
+
     def canaries(self) -> list[str]:
         result: list[str] = self._call("GET", "canaries")["secrets"]
         return result

@@ -51,14 +51,14 @@ class TokenIssuer:
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
         return token, exp
 
-    def verify(self, token: str, audience: str, now: float) -> Claims | str:
+    def verify(self, token: str, audiences: frozenset[str], now: float) -> Claims | str:
         """Claims, or the reason the token is refused (wrong signature, audience, expiry)."""
         try:
             payload = jwt.decode(
                 token,
                 self._key.public_key(),
                 algorithms=["RS256"],
-                audience=audience,
+                audience=sorted(audiences),
                 options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
             )
         except jwt.InvalidAudienceError:
@@ -72,7 +72,7 @@ class TokenIssuer:
         return Claims(
             app_id=payload["appid"],
             object_id=payload["oid"],
-            audience=audience,
+            audience=str(payload["aud"]),
             roles=tuple(payload.get("roles", ())),
             expires=int(payload["exp"]),
         )

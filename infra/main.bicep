@@ -378,7 +378,15 @@ module alerts 'app/alerts.bicep' = {
   }
 }
 
-// (room for further modules here, e.g. an Azure Monitor workbook)
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    appInsightsId: monitoring.outputs.appInsightsId
+  }
+}
 
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import base64
 import calendar
+import fnmatch
 import re
-from collections.abc import Awaitable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from types import TracebackType
@@ -75,6 +76,23 @@ class CredentialsRejected(AksError):
 
 
 # -- models ----------------------------------------------------------------------------------------------------
+def _matches(action: str, patterns: Iterable[str]) -> bool:
+    wanted = action.lower()
+    return any(fnmatch.fnmatchcase(wanted, p.lower()) for p in patterns)
+
+
+def effective_actions(permissions: Sequence[Mapping[str, Any]], wanted: Iterable[str]) -> set[str]:
+    """Which of `wanted` ARM permission blocks (`AksClient.permissions`) allow: some block's `actions` match and
+    its `notActions` do not."""
+    allowed: set[str] = set()
+    for action in wanted:
+        for block in permissions:
+            if _matches(action, block.get("actions") or ()) and not _matches(action, block.get("notActions") or ()):
+                allowed.add(action)
+                break
+    return allowed
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     id: str

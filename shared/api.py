@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
-from shared import edge, rotation
+from shared import clock, edge, rotation
 from shared.aks import AuthorizationFailed, ClusterNotFound
 from shared.messages import InvalidInput, check_allowed, parse_rotation_request
 from shared.settings import Settings
@@ -32,7 +31,7 @@ async def status_summary(settings: Settings) -> ApiResponse:
     async with RotationStore(settings) as store:
         await store.ensure()
         rows = await store.list()
-    now = datetime.now(UTC)
+    now = clock.now()
     upcoming = sorted((r for r in rows if not r.terminal and r.observed_expiry), key=lambda r: r.observed_expiry or now)
     failed = sorted((r for r in rows if r.state == "failed"), key=lambda r: r.updated_at, reverse=True)
     return ApiResponse(
@@ -46,7 +45,7 @@ async def status_summary(settings: Settings) -> ApiResponse:
                     "kind": r.kind,
                     "expiresOn": r.observed_expiry.isoformat() if r.observed_expiry else None,
                     "state": r.state,
-                    "step": r.step,
+                    "step": r.progress,
                 }
                 for r in upcoming[:NEXT_EXPIRIES]
             ],

@@ -14,19 +14,26 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shared import discovery, events, permissions, rotation
+from shared import cli_views as views
+from shared import console, discovery, events, permissions, report_html, rotation
+from shared import report as estate
+from shared.azure import product_credential
 from shared.logs import redact
+from shared.record import RotationRecord
 from shared.runtime import settings as load_settings
 from shared.settings import Settings, SettingsError
+from shared.store import RotationStore
 
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT, EXIT_DUE, EXIT_ROTATION_FAILED = 0, 1, 2, 3, 4
 
@@ -37,6 +44,8 @@ T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Change nothing; show what would happen.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="List every row, not only those that need attention.")]
+JSON_SCHEMA_VERSION = 1  # of every --json document (docs/cli.md); additive changes keep it, others bump it
 
 
 def _jsonable(value: Any) -> Any:
@@ -63,10 +72,12 @@ def emit_json(value: Any) -> None:
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except SettingsError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_INPUT) from None
+    console.configure(settings.log_level, sys.stderr)
+    return settings
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -78,9 +89,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr, fed by `progress(stage, done, total)` callbacks."""
-    if not enabled or not err.is_terminal:
+def _progress() -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr when a person watches it, fed by `progress(stage, done, total)` callbacks."""
+    if not console.wants_console(sys.stderr):
         yield None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -95,37 +106,29 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]
         yield update
 
 
-def _days(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _rotation_rows(settings: Settings) -> list[RotationRecord] | None:
+    """Every rotation row, read-only (a missing table is no rotation yet); None when storage cannot be read."""
+
+    async def read() -> list[RotationRecord]:
+        credential = product_credential(settings)
+        try:
+            async with RotationStore(settings, credential) as store:
+                return await store.list()
+        except ResourceNotFoundError:
+            return []
+        finally:
+            await credential.close()
+
+    try:
+        return _run(read())
+    except (AzureError, OSError) as exc:
+        err.print(f"[yellow]rotation rows unreadable ({type(exc).__name__}): failed rotations are not counted[/yellow]")
+        return None
 
 
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d")
-
-
-def _scan_table(report: discovery.ScanReport) -> Table:
-    table = Table(title=f"{report.clusters} clusters in {report.subscriptions} subscriptions")
-    for column in ("cluster", "credential", "app", "expires", "days left", "action", "advice"):
-        table.add_column(column, overflow="fold")
-    styles = {"queued": "bold yellow", "would_queue": "yellow", "deferred": "magenta", "already_queued": "cyan"}
-    for f in report.findings:
-        style = styles.get(f.action, "red" if f.days_left is not None and f.days_left <= 0 else "")
-        table.add_row(
-            f.cluster_name,
-            f.kind,
-            f.app_id or "-",
-            _when(f.expires_on),
-            _days(f.days_left),
-            f.action,
-            f.advice or "",
-            style=style,
-        )
-    return table
-
-
-def _scan(settings: Settings, as_json: bool, dry_run: bool) -> discovery.ScanReport:
+def _scan(settings: Settings, dry_run: bool) -> discovery.ScanReport:
     """The scan with a progress bar; a DiscoveryError (e.g. missing rights) ends the command with exit 1."""
-    with _progress(not as_json) as progress:
+    with _progress() as progress:
         try:
             return _run(discovery.scan(settings, dry_run=dry_run, progress=progress))
         except discovery.DiscoveryError as exc:
@@ -133,18 +136,28 @@ def _scan(settings: Settings, as_json: bool, dry_run: bool) -> discovery.ScanRep
             raise typer.Exit(EXIT_FAILURE) from None
 
 
+def _print_scan(
+    report: discovery.ScanReport, rows: Sequence[estate.RotationRow] | None, title: str, everything: bool
+) -> None:
+    """Summary panel, then the rows that need attention (or all), advice grouped once, then errors."""
+    out.print(views.scan_panel(estate.summarize(report, rows or ()), rows, title))
+    listed = report.findings if everything else estate.attention(report.findings)
+    notes = estate.group_notes(report.findings)
+    if listed:
+        out.print(views.findings_table(listed, notes, len(report.findings), everything))
+    out.print(views.notes_block(notes))
+    out.print(views.errors_block(report.errors, everything))
+
+
 @app.command()
-def scan(as_json: JsonOpt = False, dry_run: DryRunOpt = False) -> None:
+def scan(as_json: JsonOpt = False, dry_run: DryRunOpt = False, everything: AllOpt = False) -> None:
     """Find credentials nearing expiry in every visible subscription and queue their rotation."""
-    report = _scan(_settings(), as_json, dry_run)
+    settings = _settings()
+    report = _scan(settings, dry_run)
     if as_json:
-        emit_json(report.to_json())
+        emit_json({"schema_version": JSON_SCHEMA_VERSION, **report.to_json()})
     else:
-        out.print(_scan_table(report))
-        if report.used_fallback:
-            out.print("[yellow]Resource Graph was refused; clusters were listed per subscription.[/yellow]")
-        for problem in report.errors:
-            out.print(f"[red]{redact(problem)}[/red]")
+        _print_scan(report, _rotation_rows(settings), "aks-rotator scan", everything)
     raise typer.Exit(EXIT_DUE if report.due() else EXIT_OK)
 
 
@@ -162,16 +175,27 @@ async def _drain(settings: Settings, wait_seconds: float, progress: Callable[[st
 
 
 def _drain_and_report(
-    settings: Settings, as_json: bool, wait_seconds: float = 0.0, extra: dict[str, Any] | None = None
+    settings: Settings,
+    as_json: bool,
+    wait_seconds: float = 0.0,
+    scanned: discovery.ScanReport | None = None,
+    everything: bool = False,
 ) -> None:
-    with _progress(not as_json) as progress:
+    with _progress() as progress:
         reports = _run(_drain(settings, wait_seconds, progress))
-    views = _run(rotation.status(settings))
+    found = _run(rotation.status(settings))
     if as_json:
-        emit_json({**(extra or {}), "drain": reports, "rotations": views})
+        extra = {"scan": scanned.to_json()} if scanned is not None else {}
+        emit_json({"schema_version": JSON_SCHEMA_VERSION, **extra, "drain": reports, "rotations": found})
     else:
-        out.print(_status_table(views))
-    raise typer.Exit(EXIT_ROTATION_FAILED if any(v.state == "failed" for v in views) else EXIT_OK)
+        shown = found if everything else views.status_attention(found)
+        if scanned is not None:
+            _print_scan(scanned, found, "aks-rotator run --once", everything)
+        else:
+            out.print(views.status_panel(found, len(shown), everything))
+        if shown:
+            out.print(views.status_table(shown, "Rotations" if everything else "Rotations failed or in flight"))
+    raise typer.Exit(EXIT_ROTATION_FAILED if any(v.state == "failed" for v in found) else EXIT_OK)
 
 
 WaitOpt = Annotated[
@@ -181,9 +205,9 @@ WaitOpt = Annotated[
 
 
 @app.command()
-def worker(as_json: JsonOpt = False, wait: WaitOpt = 0.0) -> None:
+def worker(as_json: JsonOpt = False, wait: WaitOpt = 0.0, everything: AllOpt = False) -> None:
     """Process the rotation queue until it is idle (what the queue trigger does, locally)."""
-    _drain_and_report(_settings(), as_json, wait)
+    _drain_and_report(_settings(), as_json, wait, everything=everything)
 
 
 @app.command()
@@ -192,20 +216,45 @@ def run(
     as_json: JsonOpt = False,
     dry_run: DryRunOpt = False,
     wait: WaitOpt = 0.0,
+    everything: AllOpt = False,
 ) -> None:
     """Scan and rotate: the whole pipeline once (what `make demo` runs)."""
     if not once:
         err.print("only `run --once` is supported locally; in Azure the timer and queue triggers run it")
         raise typer.Exit(EXIT_INPUT)
     settings = _settings()
-    report = _scan(settings, as_json, dry_run)
-    if not as_json:
-        out.print(_scan_table(report))
+    report = _scan(settings, dry_run)
     if dry_run:
         if as_json:
-            emit_json({"scan": report.to_json()})
+            emit_json({"schema_version": JSON_SCHEMA_VERSION, "scan": report.to_json()})
+        else:
+            _print_scan(report, _rotation_rows(settings), "aks-rotator run --once", everything)
         raise typer.Exit(EXIT_DUE if report.due() else EXIT_OK)
-    _drain_and_report(settings, as_json, wait, {"scan": report.to_json()})
+    _drain_and_report(settings, as_json, wait, report, everything)
+
+
+def _runbook() -> str:
+    """The runbook the report links to: this checkout's docs/operations.md when there is one."""
+    local = Path(__file__).resolve().parent.parent / estate.RUNBOOK
+    return local.as_uri() if local.is_file() else estate.RUNBOOK
+
+
+@app.command()
+def report(
+    html: Annotated[Path, typer.Option("--html", help="Write the expiry picture to this HTML file.", dir_okay=False)],
+) -> None:
+    """The estate's expiry picture as one self-contained HTML page (a dry-run scan: changes nothing)."""
+    settings = _settings()
+    scanned = _scan(settings, dry_run=True)
+    rows = _rotation_rows(settings)
+    page = report_html.render(scanned, rows or [], now=scanned.started_at or datetime.now(UTC), runbook=_runbook())
+    try:
+        html.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[red]cannot write {html}:[/red] {exc.strerror}")
+        raise typer.Exit(EXIT_INPUT) from None
+    out.print(views.scan_panel(estate.summarize(scanned, rows or ()), rows, "aks-rotator report"))
+    out.print(f"report written to {html.resolve()}")
 
 
 @app.command()
@@ -227,51 +276,29 @@ def rotate(
         out.print(redact(str(_jsonable(result))))
 
 
-def _status_table(views: Sequence[Any]) -> Table:
-    table = Table(title="Rotations")
-    for column in ("rotation", "cluster", "kind", "state", "step", "updated", "detail"):
-        table.add_column(column, overflow="fold")
-    styles = {"failed": "bold red", "succeeded": "green", "waiting": "yellow"}
-    for v in views:
-        table.add_row(
-            v.rotation_id[:12],
-            v.cluster_id.rsplit("/", 1)[-1],
-            v.kind,
-            v.state,
-            v.step,
-            _when(v.updated_at) if isinstance(v.updated_at, datetime) else str(v.updated_at),
-            redact(v.failure_reason or ""),
-            style=styles.get(v.state, ""),
-        )
-    return table
-
-
-def _audit_table(view: Any) -> Table:
-    table = Table(title=f"Audit of {view.rotation_id[:12]} ({view.cluster_id.rsplit('/', 1)[-1]})")
-    for column in ("at", "step", "outcome", "detail"):
-        table.add_column(column, overflow="fold")
-    for entry in view.audit:
-        table.add_row(entry.at.strftime("%H:%M:%S"), entry.step, entry.outcome, redact(entry.detail))
-    return table
-
-
 @app.command()
 def status(
     rotation_id: Annotated[str | None, typer.Option("--rotation", help="Show one rotation with its audit.")] = None,
-    audit: Annotated[bool, typer.Option("--audit", help="Show every rotation's audit trail.")] = False,
+    audit: Annotated[bool, typer.Option("--audit", help="Show the audit trail of each listed rotation.")] = False,
     as_json: JsonOpt = False,
+    everything: AllOpt = False,
 ) -> None:
-    """Rotations and their steps, from the state and audit tables."""
+    """Rotations and their steps, from the state and audit tables: failed and in-flight ones unless --all."""
     settings = _settings()
-    views = _run(rotation.status(settings, rotation_id))
-    if audit and rotation_id is None:
-        views = [detail for v in views for detail in _run(rotation.status(settings, v.rotation_id))]
+    found = _run(rotation.status(settings, rotation_id))
     if as_json:
-        emit_json(views)
+        if audit and rotation_id is None:
+            found = [detail for v in found for detail in _run(rotation.status(settings, v.rotation_id))]
+        emit_json(found)
         return
-    out.print(_status_table(views))
-    for view in views if (audit or rotation_id) else []:
-        out.print(_audit_table(view))
+    listed = found if (everything or rotation_id) else views.status_attention(found)
+    out.print(views.status_panel(found, len(listed), everything or rotation_id is not None))
+    if audit and rotation_id is None:
+        listed = [detail for v in listed for detail in _run(rotation.status(settings, v.rotation_id))]
+    if listed:
+        out.print(views.status_table(listed))
+    for view in listed if (audit or rotation_id) else []:
+        out.print(views.audit_table(view))
 
 
 @app.command()
@@ -281,7 +308,7 @@ def event(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Deliver one Key Vault event locally (what the Event Grid trigger does)."""
+    """Deliver one Key Vault event locally (what the keyvault-events queue trigger does)."""
     outcome = _run(events.handle_event(_settings(), file.read()))
     if as_json:
         emit_json(outcome)
@@ -307,7 +334,7 @@ ClusterOpt = Annotated[list[str] | None, typer.Option("--cluster", help="ARM id 
 def preflight(cluster: ClusterOpt = None, as_json: JsonOpt = False) -> None:
     """Check every permission the product needs, per cluster; print what is missing and how to grant it."""
     settings = _settings()
-    with _progress(not as_json) as progress:
+    with _progress() as progress:
         report = _run(permissions.preflight(settings, cluster_ids=cluster or None, progress=progress))
     if as_json:
         emit_json(report.to_json())

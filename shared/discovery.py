@@ -27,15 +27,17 @@ from typing import Any, Literal, TypeVar
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-from shared import telemetry
+from shared import clock, telemetry
 from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound
 from shared.azure import GRAPH_AUDIENCE, product_credential, secret_client
-from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder, PasswordInfo
+from shared.cluster_tags import certificates_opted_in, opted_out
+from shared.credentials import credential_in_use
+from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
 from shared.logs import EVENT_CREDENTIAL_OVERDUE, alert, log_event
 from shared.messages import CredentialKind, InvalidInput, Reason, new_correlation_id, new_rotation_message
 from shared.resource_graph import ResourceGraphError, ResourceGraphRefused, query_clusters
 from shared.settings import Settings
-from shared.vault import MANAGED_BY, MANAGED_BY_TAG, STATE_TAG, VaultError, VaultForbidden, VaultStore, secret_name_for
+from shared.vault import SECRET_PREFIX, VaultError, VaultForbidden, VaultStore, VersionTags, secret_name_for
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,7 @@ ADVICE_CERT_OPT_IN = (
 ADVICE_NOT_VISIBLE = "application not found in Microsoft Graph (deleted, or in another tenant): cannot check it"
 ADVICE_NO_PASSWORD = "the application has no password: the cluster cannot authenticate with it"  # noqa: S105 (advice text, not a secret)
 
-_FALSY = ("false", "no", "0", "off")
 _QUEUE_ACTIONS = frozenset({"queued", "already_queued", "deferred", "would_queue"})
-_KV_PREFIX = "aks-sp-"
-_FAR = datetime.max.replace(tzinfo=UTC)
 RESOURCE_GRAPH_SHARDS = 4  # concurrent Resource Graph queries (the user quota is 15 per 5 seconds)
 
 
@@ -149,21 +148,6 @@ class ScanReport:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def _tag_set(tags: dict[str, str], name: str) -> bool:
-    """A tag counts as set when present (case-insensitive name) and not false-ish."""
-    value = {k.lower(): v for k, v in tags.items()}.get(name.lower())
-    return value is not None and value.strip().lower() not in _FALSY
-
-
-def opted_out(settings: Settings, cluster: ClusterInfo) -> bool:
-    return _tag_set(cluster.tags, settings.opt_out_tag)
-
-
-def certificates_opted_in(settings: Settings, cluster: ClusterInfo) -> bool:
-    """The same rule the rotation engine applies before rotating certificates."""
-    return settings.rotate_certificates or _tag_set(cluster.tags, settings.cert_opt_in_tag)
-
-
 def _days(end: datetime | None, now: datetime) -> float | None:
     return None if end is None else (end - now).total_seconds() / 86400
 
@@ -174,36 +158,6 @@ def _reason(days_left: float, settings: Settings) -> Reason:
     if days_left <= settings.urgent_days:
         return "urgent"
     return "due"
-
-
-def _passwords(creds: AppCredentials) -> list[tuple[Holder, PasswordInfo]]:
-    out: list[tuple[Holder, PasswordInfo]] = []
-    if creds.application_object_id:
-        out += [("application", p) for p in creds.application_passwords]
-    if creds.service_principal_object_id:
-        out += [("servicePrincipal", p) for p in creds.service_principal_passwords]
-    return out
-
-
-def credential_in_use(
-    creds: AppCredentials, vault_key_id: str | None, now: datetime
-) -> tuple[Holder, PasswordInfo, str] | None:
-    """The password that decides when the cluster's secret expires, and the basis of the choice.
-
-    Key Vault knows the keyId when this product rotated the cluster ("keyvault"). Otherwise ARM does not say which
-    password the cluster holds, so every active password of the application and its service principal counts and
-    the earliest expiry decides ("earliest"); when every password has expired, the earliest of them.
-    """
-    everything = _passwords(creds)
-    if not everything:
-        return None
-    if vault_key_id:
-        for holder, password in everything:
-            if password.key_id.lower() == vault_key_id.lower():
-                return holder, password, "keyvault"
-    active = [(h, p) for h, p in everything if p.end is None or p.end > now] or everything
-    holder, password = min(active, key=lambda item: (item[1].end or _FAR, item[1].key_id))
-    return holder, password, "earliest"
 
 
 async def _bounded(limit: int, items: Sequence[T], call: Callable[[T], Awaitable[Any]]) -> list[Any]:
@@ -373,8 +327,8 @@ async def _applications(
 
 # -- collect: Key Vault ----------------------------------------------------------------------------------------
 _KV_FORBIDDEN = (
-    "Key Vault refused reading secret metadata ({detail}): the identity needs the role Key Vault Secrets Officer "
-    "on the rotator's vault"
+    "Key Vault refused reading secret metadata ({detail}): the identity needs the role AKS credential rotator "
+    "secrets (granted by infra/) on the rotator's vault"
 )
 
 
@@ -387,7 +341,7 @@ async def _vault_names(
         try:
             run.requests["keyvault.listSecrets"] += 1
             async for props in client.list_properties_of_secrets():
-                if props.name and props.name.startswith(_KV_PREFIX):
+                if props.name and props.name.startswith(SECRET_PREFIX):
                     names[props.name] = dict(props.tags or {})
         except HttpResponseError as exc:
             if exc.status_code == 403:
@@ -398,10 +352,6 @@ async def _vault_names(
 
 def _code(exc: HttpResponseError) -> str:
     return (exc.error.code if exc.error is not None else None) or ""
-
-
-def _ours(tags: dict[str, str], app_id: str) -> bool:
-    return tags.get(MANAGED_BY_TAG) == MANAGED_BY and tags.get("app-id", "").lower() == app_id.lower()
 
 
 async def _vault_keys(
@@ -424,8 +374,9 @@ async def _vault_keys(
         cluster = wanted.get(name)
         if cluster is None or cluster.sp_client_id is None:
             continue
-        if _ours(tags, cluster.sp_client_id) and tags.get(STATE_TAG) == "current" and tags.get("key-id"):
-            keys[cluster.id.lower()] = tags["key-id"].lower()
+        labels = VersionTags.parse(tags)
+        if labels.current_for(cluster.sp_client_id):
+            keys[cluster.id.lower()] = labels.key_id
         else:
             look.append((name, cluster))  # the latest version is pending/previous/abandoned: find the current one
     if not look:
@@ -442,14 +393,10 @@ async def _vault_keys(
             finally:
                 done += 1
                 run.tick("key vault", done, len(look))
-            app_id = cluster.sp_client_id or ""
-            current = next(
-                (v for v in versions if v.tags.get(STATE_TAG) == "current" and _ours(v.tags, app_id)),
-                None,
-            )
-            if current is None or not current.tags.get("key-id"):
+            current = next((v for v in versions if v.labels.current_for(cluster.sp_client_id)), None)
+            if current is None:
                 return None
-            return cluster.id.lower(), current.tags["key-id"].lower()
+            return cluster.id.lower(), current.labels.key_id
 
         results = await _bounded(run.settings.discovery_concurrency, look, one)
     for (name, _), result in zip(look, results, strict=True):
@@ -695,7 +642,7 @@ async def _queue(
     if not candidates:
         return findings
     from shared import rotation  # late import: rotation imports a lot and is not needed for reporting
-    from shared.queues import RotationQueues
+    from shared.queues import open_queues
     from shared.store import RotationStore
 
     out = list(findings)
@@ -705,7 +652,7 @@ async def _queue(
         store = await stack.enter_async_context(RotationStore(run.settings, credential))
         queues = None
         if not dry_run:
-            queues = await stack.enter_async_context(RotationQueues(run.settings, credential))
+            queues = await stack.enter_async_context(open_queues(run.settings, credential))
             await store.ensure()
             await queues.ensure()
         states, active = await _existing_rows(store)
@@ -777,7 +724,7 @@ async def scan(
 
     `sdk_kwargs` go to the ARM, Resource Graph and Key Vault SDK clients (tests pass `retry_backoff_factor`)."""
     started = time.perf_counter()
-    run = _Run(settings, (now or datetime.now(UTC)).astimezone(UTC), progress)
+    run = _Run(settings, (now or clock.now()).astimezone(UTC), progress)
     correlation_id = new_correlation_id()
     kwargs = dict(sdk_kwargs or {})
     async with contextlib.AsyncExitStack() as stack:

@@ -24,7 +24,7 @@ from shared.logs import EVENT_KEYVAULT_SECRET_EXPIRED, alert, log_event
 from shared.messages import MAX_MESSAGE_BYTES, CredentialKind, InvalidInput, check_allowed, new_rotation_message
 from shared.settings import Settings
 from shared.store import RotationStore
-from shared.vault import VaultStore
+from shared.vault import VaultStore, VersionState, vault_name
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +134,9 @@ def parse_event(raw: str | bytes | dict[str, Any]) -> SecretEvent:
     )
 
 
-def own_vault_name(key_vault_url: str) -> str:
-    """`https://NAME.vault.azure.net` in Azure; the emulator serves vaults at `https://127.0.0.1:PORT/kv/NAME`."""
-    parsed = urlparse(key_vault_url)
-    if parsed.path.strip("/"):
-        return parsed.path.rstrip("/").rsplit("/", 1)[-1].lower()
-    return (parsed.hostname or "").split(".")[0].lower()
-
-
 def vault_allowed(settings: Settings, vault: str) -> bool:
     """VAULT_ALLOWLIST, or else only the vault this product writes to."""
-    return vault.lower() in (settings.vault_allowlist or (own_vault_name(settings.key_vault_url),))
+    return vault.lower() in (settings.vault_allowlist or (vault_name(settings.key_vault_url),))
 
 
 @dataclass(frozen=True)
@@ -155,7 +147,7 @@ class EventOutcome:
 
 
 async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) -> EventOutcome:
-    """The Event Grid trigger: validate, map the secret to its cluster by our tags, queue through `submit`."""
+    """The Key Vault events trigger: validate, map the secret to its cluster by our tags, queue through `submit`."""
     try:
         event = parse_event(raw)
     except InvalidInput as exc:
@@ -175,19 +167,19 @@ async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) ->
     finally:
         await credential.close()
     stored = next((v for v in versions if v.version.lower() == event.version), None)
-    if stored is None or stored.tags.get("managed-by") != "aks-credential-rotator":
+    if stored is None or not stored.labels.managed:
         log_event(log, logging.INFO, "keyvault.event_ignored", "secret is not managed by this product", **fields)
         return EventOutcome("ignored", "secret is not managed by this product")
-    if stored.tags.get("state") != "current":
+    if stored.labels.state is not VersionState.CURRENT:
         # A replayed or late event about a version that is no longer the cluster's secret.
-        return EventOutcome("ignored", f"version is {stored.tags.get('state', 'untagged')}, not current")
+        return EventOutcome("ignored", f"version is {stored.labels.state or 'untagged'}, not current")
     expired = event.event_type == EXPIRED
     try:
         message = new_rotation_message(
-            cluster_id=stored.tags.get("cluster-id", ""),
+            cluster_id=stored.labels.cluster_id,
             kind=CredentialKind.SP_SECRET,
             reason="expired" if expired else "keyvault_event",
-            app_id=stored.tags.get("app-id"),
+            app_id=stored.labels.app_id or None,
             observed_expiry=event.expires_on or stored.expires_on,
         )
     except InvalidInput as exc:

@@ -373,7 +373,12 @@ _CURRENT_STDERR = _CurrentStderr()
 
 
 def configure_logging(
-    level: str | int = "INFO", json_output: bool = True, *, stream: IO[str] | None = None, quiet_sdks: bool = True
+    level: str | int = "INFO",
+    json_output: bool = True,
+    *,
+    stream: IO[str] | None = None,
+    quiet_sdks: bool = True,
+    formatter: logging.Formatter | None = None,
 ) -> logging.Handler | None:
     """Configure the root logger; idempotent (a second call reconfigures, never adds a second handler).
 
@@ -383,6 +388,7 @@ def configure_logging(
     * Always: the SecretRedactor on every root handler and on logging.lastResort. Call this after anything else
       that adds root handlers (e.g. Azure Monitor), or call it again.
     * quiet_sdks: Azure SDK / HTTP library loggers are held at WARNING unless level is DEBUG.
+    * formatter: replaces the JSON formatter of our handler (the CLI's console lines, `shared/console.py`).
     Returns our handler, or None when the host's handlers are used.
     """
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
@@ -407,7 +413,7 @@ def configure_logging(
                 root.addHandler(handler)
             elif handler.stream is not target:
                 handler.setStream(target)
-            handler.setFormatter(JsonFormatter() if json_output else logging.Formatter(_TEXT_FORMAT))
+            handler.setFormatter(formatter or (JsonFormatter() if json_output else logging.Formatter(_TEXT_FORMAT)))
         # Root handlers, and those an exporter put on the product's own logger (Azure Monitor uses "shared").
         for each in (*root.handlers, *logging.getLogger("shared").handlers):
             _install_redactor(each)

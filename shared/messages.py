@@ -30,6 +30,8 @@ from pydantic import (
     field_validator,
 )
 
+from shared import clock
+
 if TYPE_CHECKING:
     from shared.settings import Settings
 
@@ -489,7 +491,7 @@ def new_rotation_message(
         if observed_expiry is not None:
             generation = expiry_generation(observed_expiry)
         else:
-            generation = on_demand_generation(today or datetime.now(UTC).date())
+            generation = on_demand_generation(today or clock.now().date())
     data: dict[str, Any] = {
         "rotation_id": rotation_id_for(cluster_id, kind, app_id, generation),
         "cluster_id": cluster_id,

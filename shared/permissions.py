@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fnmatch
 import json
 import os
 import secrets
@@ -32,14 +31,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlparse
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.identity.aio import AzureCliCredential
 from kiota_abstractions.api_error import APIError
 
-from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound, parse_cluster_id
+from shared import clock
+from shared.aks import (
+    AksClient,
+    AksError,
+    AuthorizationFailed,
+    ClusterInfo,
+    ClusterNotFound,
+    effective_actions,
+    parse_cluster_id,
+)
 from shared.azure import (
     ARM_AUDIENCE,
     GRAPH_AUDIENCE,
@@ -47,11 +54,12 @@ from shared.azure import (
     secret_client,
     secret_credential,
 )
-from shared.discovery import certificates_opted_in
+from shared.cluster_tags import certificates_opted_in
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
 from shared.logs import register_secret
 from shared.resource_graph import ResourceGraphError, ResourceGraphRefused, query_clusters
 from shared.settings import Settings
+from shared.vault import vault_name
 
 __all__ = [
     "CERT_ARM_ACTIONS",
@@ -64,7 +72,6 @@ __all__ = [
     "PreflightReport",
     "admin_credential",
     "adopt",
-    "effective_actions",
     "preflight",
     "required_actions",
     "token_claims",
@@ -233,22 +240,6 @@ def required_actions(path: Path | None = None) -> tuple[str, ...]:
     return REQUIRED_ARM_ACTIONS
 
 
-def _matches(action: str, patterns: Iterable[str]) -> bool:
-    wanted = action.lower()
-    return any(fnmatch.fnmatchcase(wanted, p.lower()) for p in patterns)
-
-
-def effective_actions(permissions: Sequence[Mapping[str, Any]], wanted: Iterable[str]) -> set[str]:
-    """Which of `wanted` the permission blocks allow: some block's `actions` match and its `notActions` do not."""
-    allowed: set[str] = set()
-    for action in wanted:
-        for block in permissions:
-            if _matches(action, block.get("actions") or ()) and not _matches(action, block.get("notActions") or ()):
-                allowed.add(action)
-                break
-    return allowed
-
-
 def token_claims(token: str) -> dict[str, Any]:
     """The payload of a JWT, unverified (our own token, read for `roles` / `oid`); {} when not a JWT."""
     parts = token.split(".")
@@ -260,15 +251,6 @@ def token_claims(token: str) -> dict[str, Any]:
     except (ValueError, TypeError):
         return {}
     return decoded if isinstance(decoded, dict) else {}
-
-
-def vault_name(key_vault_url: str) -> str:
-    """`https://NAME.vault.azure.net` -> NAME; an emulator-style `https://host/kv/NAME` -> NAME."""
-    parsed = urlparse(key_vault_url)
-    path = parsed.path.strip("/")
-    if path:
-        return path.rsplit("/", 1)[-1]
-    return (parsed.hostname or "").split(".", 1)[0]
 
 
 def role_name(role: str | None = None) -> str:
@@ -645,7 +627,7 @@ async def _check_vault(
             del value
         if error is None:
             try:
-                checked = {**tags, "checked": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                checked = {**tags, "checked": clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")}
                 await client.update_secret_properties(PROBE_SECRET, version, tags=checked)
             except AzureError as exc:
                 error = failed(CHECK_VAULT_WRITE, KV_UPDATE, exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -191,3 +192,30 @@ def _wire_text(content: Any) -> str:
     if isinstance(content, bytes):
         return content.decode("ascii", errors="replace")
     return "" if content is None else str(content)
+
+
+QueuesFactory = Callable[[Settings, AsyncTokenCredential | None], "RotationQueues"]
+
+
+def _real(settings: Settings, credential: AsyncTokenCredential | None) -> RotationQueues:
+    return RotationQueues(settings, credential)
+
+
+_factory: QueuesFactory = _real
+
+
+def open_queues(settings: Settings, credential: AsyncTokenCredential | None = None) -> RotationQueues:
+    """The rotation queue client every producer and consumer uses (a simulation substitutes one whose delays run
+    on simulated time: Azurite's visibility timeouts run on the wall clock)."""
+    return _factory(settings, credential)
+
+
+@contextlib.contextmanager
+def substitute(factory: QueuesFactory) -> Iterator[None]:
+    """Use `factory` for `open_queues` within the block (tests and simulations)."""
+    global _factory
+    previous, _factory = _factory, factory
+    try:
+        yield
+    finally:
+        _factory = previous

@@ -14,37 +14,27 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from shared import clock
 from shared.azure import StorageResource, table_service
+from shared.record import ROTATION_PARTITION, RotationRecord, RotationState, as_utc, check_key
 from shared.settings import Settings
 
-ROTATION_PARTITION = "rotation"
 REJECTED_PARTITION = "rejected"
-TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed"})
 EXCERPT_LIMIT = 200
 DETAIL_LIMIT = 8000  # characters; a table property holds at most 64 KiB
 
-Kind = Literal["sp_secret", "cluster_certificate"]
-Holder = Literal["application", "servicePrincipal"]
-State = Literal["pending", "running", "waiting", "succeeded", "failed"]
-
-# Characters Table storage forbids in PartitionKey/RowKey.
-_BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
-_DATETIME_FIELDS = ("not_before", "observed_expiry", "created_at", "updated_at")
 _AUDIT_RESERVED = frozenset(
     {"PartitionKey", "RowKey", "Timestamp", "odata", "rotation_id", "step", "outcome", "detail", "at", "etag"}
 )
@@ -68,80 +58,6 @@ class StaleRecord(StoreError):
     def __init__(self, rotation_id: str) -> None:
         super().__init__(f"rotation {rotation_id!r} was changed by someone else; re-read it")
         self.rotation_id = rotation_id
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    """A plain tz-aware UTC datetime (also turns the SDK's TablesEntityDatetime into a datetime)."""
-    value = value.astimezone(UTC)
-    return datetime.combine(value.date(), value.time(), tzinfo=UTC)
-
-
-def check_key(value: str, what: str = "key") -> str:
-    if not value or len(value) > 512 or _BAD_KEY.search(value):
-        raise ValueError(f"{what} must be 1-512 characters without / \\ # ? or control characters")
-    return value
-
-
-class RotationRecord(BaseModel):
-    """One rotation's state. `etag` comes from the row's metadata and is not stored."""
-
-    model_config = ConfigDict(validate_assignment=True, extra="ignore")
-
-    rotation_id: str
-    cluster_id: str
-    kind: Kind
-    app_id: str | None = None
-    holder: Holder | None = None
-    state: State = "pending"
-    step: str = "start"
-    new_key_id: str | None = None
-    old_key_ids: list[str] = Field(default_factory=list)
-    vault_version: str | None = None
-    operation_url: str | None = None
-    not_before: AwareDatetime | None = None
-    observed_expiry: AwareDatetime | None = None
-    reason: str = ""
-    failure_reason: str | None = None
-    attempts: int = Field(default=0, ge=0)
-    correlation_id: str = ""
-    created_at: AwareDatetime = Field(default_factory=utcnow)
-    updated_at: AwareDatetime = Field(default_factory=utcnow)
-    etag: str | None = None
-
-    @field_validator("rotation_id")
-    @classmethod
-    def _row_key(cls, value: str) -> str:
-        return check_key(value, "rotation_id")
-
-    @field_validator(*_DATETIME_FIELDS)
-    @classmethod
-    def _to_utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else _utc(value)
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL_STATES
-
-    def to_entity(self) -> dict[str, Any]:
-        """The table row (without the ETag). `cluster_key` is the lower-cased cluster id, for queries."""
-        entity: dict[str, Any] = self.model_dump(exclude={"rotation_id", "etag"})
-        entity["old_key_ids"] = json.dumps(self.old_key_ids)
-        entity["cluster_key"] = self.cluster_id.lower()
-        entity["PartitionKey"] = ROTATION_PARTITION
-        entity["RowKey"] = self.rotation_id
-        return entity
-
-    @classmethod
-    def from_entity(cls, entity: TableEntity) -> RotationRecord:
-        data = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey", "cluster_key")}
-        data["rotation_id"] = entity["RowKey"]
-        data["old_key_ids"] = json.loads(data.get("old_key_ids") or "[]")
-        data["etag"] = entity.metadata.get("etag")
-        return cls.model_validate(data)
 
 
 @dataclass(frozen=True)
@@ -174,7 +90,7 @@ class _Clock:
 
     def next(self) -> int:
         with self._lock:
-            now = time.time_ns() // 1000
+            now = int(clock.now().timestamp() * 1_000_000)
             self._last = now if now > self._last else self._last + 1
             return self._last
 
@@ -193,7 +109,7 @@ def _property_value(value: Any) -> Any:
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, datetime):
-        return _utc(value)
+        return as_utc(value)
     return json.dumps(value, default=str, sort_keys=True)
 
 
@@ -225,7 +141,7 @@ class RotationStore(StorageResource):
 
     async def create(self, record: RotationRecord) -> RotationRecord:
         """Insert a new row; `AlreadyExists` if the rotation id is taken. Returns the record with its ETag."""
-        now = utcnow()
+        now = clock.now()
         stored = record.model_copy(update={"updated_at": now, "etag": None})
         try:
             meta = await self._state.create_entity(stored.to_entity())
@@ -240,7 +156,7 @@ class RotationStore(StorageResource):
         """
         if record.etag is None:
             raise ValueError("save() needs a record read from the store (it has no ETag); use create()")
-        stored = record.model_copy(update={"updated_at": utcnow()})
+        stored = record.model_copy(update={"updated_at": clock.now()})
         try:
             meta = await self._state.update_entity(
                 stored.to_entity(),
@@ -263,7 +179,7 @@ class RotationStore(StorageResource):
         parameters: dict[str, Any] = {}
         if state is not None:
             conditions.append("state eq @state")
-            parameters["state"] = state
+            parameters["state"] = str(state)
         if cluster_id is not None:
             conditions.append("cluster_key eq @cluster")
             parameters["cluster"] = cluster_id.lower()
@@ -273,7 +189,12 @@ class RotationStore(StorageResource):
         """The non-terminal rotation of this kind for this cluster (the newest, should there be several)."""
         rows = await self._query(
             ["cluster_key eq @cluster", "kind eq @kind", "state ne @succeeded", "state ne @failed"],
-            {"cluster": cluster_id.lower(), "kind": kind, "succeeded": "succeeded", "failed": "failed"},
+            {
+                "cluster": cluster_id.lower(),
+                "kind": str(kind),
+                "succeeded": str(RotationState.SUCCEEDED),
+                "failed": str(RotationState.FAILED),
+            },
         )
         return max(rows, key=lambda row: row.created_at, default=None)
 
@@ -335,7 +256,7 @@ class RotationStore(StorageResource):
                 reason=str(entity.get("reason", "")),
                 correlation_id=str(entity.get("correlation_id", "")),
                 excerpt=str(entity.get("excerpt", "")),
-                at=_utc(entity["at"]),
+                at=as_utc(entity["at"]),
                 row_key=str(entity["RowKey"]),
             )
             async for entity in pager
@@ -349,7 +270,7 @@ def _audit_row(entity: TableEntity) -> AuditRow:
         step=str(entity.get("step", "")),
         outcome=str(entity.get("outcome", "")),
         detail=str(entity.get("detail", "")),
-        at=_utc(entity["at"]),
+        at=as_utc(entity["at"]),
         row_key=str(entity["RowKey"]),
-        fields={k: (_utc(v) if isinstance(v, datetime) else v) for k, v in entity.items() if k not in known},
+        fields={k: (as_utc(v) if isinstance(v, datetime) else v) for k, v in entity.items() if k not in known},
     )

@@ -8,14 +8,16 @@ pending -> current -> previous (or abandoned). Values never leave this module ex
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 import re
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
@@ -32,8 +34,66 @@ CONTENT_TYPE = "text/plain; aks-sp-secret"
 MANAGED_BY_TAG = "managed-by"
 MANAGED_BY = "aks-credential-rotator"
 STATE_TAG = "state"
+SECRET_PREFIX = "aks-sp-"  # every secret this product writes (one per cluster)  # noqa: S105 - a name prefix
 _UNSAFE = re.compile(r"[^0-9a-z-]+")
 _NAME_PART_MAX = 60
+
+
+class VersionState(enum.StrEnum):
+    """A version's staging label (the `state` tag): pending -> current -> previous, or abandoned / uncertain."""
+
+    PENDING = "pending"
+    CURRENT = "current"
+    PREVIOUS = "previous"
+    ABANDONED = "abandoned"
+    UNCERTAIN = "uncertain"  # a reset went unanswered: the cluster may hold this version (runbook)
+
+
+@dataclass(frozen=True)
+class VersionTags:
+    """The product's tags on a secret version, parsed once (raw tag strings stay in this module)."""
+
+    managed: bool = False
+    cluster_id: str = ""
+    app_id: str = ""
+    key_id: str = ""
+    rotation_id: str = ""
+    state: VersionState | None = None
+
+    @classmethod
+    def parse(cls, tags: Mapping[str, str] | None) -> VersionTags:
+        tags = tags or {}
+        try:
+            state: VersionState | None = VersionState(tags.get(STATE_TAG, ""))
+        except ValueError:
+            state = None
+        return cls(
+            managed=tags.get(MANAGED_BY_TAG) == MANAGED_BY,
+            cluster_id=tags.get("cluster-id", ""),
+            app_id=tags.get("app-id", "").lower(),
+            key_id=tags.get("key-id", "").lower(),
+            rotation_id=tags.get("rotation-id", ""),
+            state=state,
+        )
+
+    def to_tags(self) -> dict[str, str]:
+        """The tags to write (`managed-by` is added by `VaultStore.store`)."""
+        tags = {
+            "cluster-id": self.cluster_id,
+            "app-id": self.app_id,
+            "key-id": self.key_id,
+            "rotation-id": self.rotation_id,
+        }
+        if self.state is not None:
+            tags[STATE_TAG] = self.state.value
+        return tags
+
+    def of_app(self, app_id: str | None) -> bool:
+        """Written by this product for `app_id`: only then does its `key-id` say which password a cluster holds."""
+        return self.managed and self.app_id == (app_id or "").lower()
+
+    def current_for(self, app_id: str | None) -> bool:
+        return self.of_app(app_id) and self.state is VersionState.CURRENT and bool(self.key_id)
 
 
 @dataclass(frozen=True)
@@ -43,6 +103,16 @@ class StoredVersion:
     tags: dict[str, str]
     expires_on: datetime | None
     created_on: datetime | None
+    labels: VersionTags = field(default_factory=VersionTags)
+
+
+def vault_name(key_vault_url: str) -> str:
+    """`https://NAME.vault.azure.net` -> name; the emulator's `https://127.0.0.1:PORT/kv/NAME` -> name (lower case)."""
+    parsed = urlparse(key_vault_url)
+    path = parsed.path.strip("/")
+    if path:
+        return path.rsplit("/", 1)[-1].lower()
+    return (parsed.hostname or "").split(".", 1)[0].lower()
 
 
 class VaultError(ServiceError):
@@ -63,7 +133,7 @@ def secret_name_for(cluster_id: str) -> str:
     readable = _UNSAFE.sub("-", normalized.rsplit("/", 1)[-1]).strip("-")
     readable = re.sub(r"-{2,}", "-", readable)[:_NAME_PART_MAX].strip("-") or "cluster"
     digest = hashlib.sha256(normalized.encode()).hexdigest()[:12]
-    return f"aks-sp-{readable}-{digest}"
+    return f"{SECRET_PREFIX}{readable}-{digest}"
 
 
 def _stored(props: SecretProperties) -> StoredVersion:
@@ -75,6 +145,7 @@ def _stored(props: SecretProperties) -> StoredVersion:
         tags=dict(props.tags or {}),
         expires_on=props.expires_on,
         created_on=props.created_on,
+        labels=VersionTags.parse(props.tags),
     )
 
 
@@ -186,6 +257,10 @@ class VaultStore:
         props = await _guarded("update", name, self._client.update_secret_properties(name, version, tags=merged))
         return _stored(props)
 
+    async def set_state(self, name: str, version: str, state: VersionState) -> StoredVersion:
+        """Move a version to another staging label."""
+        return await self.set_tags(name, version, **{STATE_TAG: state.value})
+
     async def disable(self, name: str, version: str) -> StoredVersion:
         """Disable a version (an abandoned secret must not be read back and used)."""
         props = await _guarded("update", name, self._client.update_secret_properties(name, version, enabled=False))
@@ -193,4 +268,4 @@ class VaultStore:
 
     async def current(self, name: str) -> StoredVersion | None:
         """The version tagged `state=current` (the newest if several are)."""
-        return await self.find_by_tag(name, STATE_TAG, "current")
+        return next((v for v in await self.versions(name) if v.labels.state is VersionState.CURRENT), None)

@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from emulator import estate
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
-from emulator.state import ROTATOR_ARM_ACTIONS
+from emulator.seeds import ROTATOR_ARM_ACTIONS
 from shared.aks import (
     AksClient,
     AksError,
@@ -55,7 +55,7 @@ def _cluster_id(spec: dict[str, Any]) -> str:
 
 
 def _payments(lro_seconds: float = 0.0) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["lro"] = {"base_seconds": lro_seconds, "per_node_seconds": 1}
     cluster = next(c for c in doc["clusters"] if c["name"] == "aks-payments")
     app = next(a for a in doc["applications"] if a["app_id"] == cluster["client_id"])
@@ -69,7 +69,7 @@ def _truth(emulator: EmulatorControl, name: str) -> dict[str, Any]:
 
 
 def test_subscriptions_and_cluster_inventory(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     _reset(emulator, doc)
 
     async def body(aks: AksClient) -> tuple[list[str], dict[str, Any]]:
@@ -96,7 +96,7 @@ def test_subscriptions_and_cluster_inventory(emulator: EmulatorControl, emu_sett
 
 
 def test_msi_cluster_whose_kubelet_still_uses_the_sp(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     spec = next(c for c in doc["clusters"] if c["name"] == "aks-analytics")
     spec["identity_type"] = "SystemAssigned"
     spec["kubelet_identity"] = False
@@ -107,7 +107,7 @@ def test_msi_cluster_whose_kubelet_still_uses_the_sp(emulator: EmulatorControl, 
 
 
 def test_get_cluster_not_found(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    spec = estate.demo()["clusters"][0]
+    spec = seeds.demo()["clusters"][0]
     with pytest.raises(ClusterNotFound):
         _run(emu_settings, lambda aks: aks.get_cluster(_cluster_id({**spec, "name": "gone"})), retry_total=0)
 
@@ -181,7 +181,7 @@ def test_authorization_failed_names_the_missing_action(emulator: EmulatorControl
 
 
 def test_ca_expiry_and_certificate_rotation(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["lro"] = {"base_seconds": 10, "per_node_seconds": 0}
     _reset(emulator, doc)
     spec = next(c for c in doc["clusters"] if c["name"] == "aks-legacy")
@@ -196,7 +196,7 @@ def test_ca_expiry_and_certificate_rotation(emulator: EmulatorControl, emu_setti
 
 
 def test_maintenance_windows_are_parsed(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     spec = doc["clusters"][0]
     spec["maintenance"] = [
         {"name": "default", "time_in_week": [{"day": "Saturday", "hourSlots": [1, 2]}]},

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, settings_env
 from shared import discovery
 from shared.azure import product_credential
-from shared.discovery import DiscoveryError, Finding, ScanReport, credential_in_use
-from shared.graph import AppCredentials, PasswordInfo
+from shared.discovery import DiscoveryError, Finding, ScanReport
 from shared.messages import parse_message
 from shared.queues import RotationQueues
 from shared.settings import Settings
@@ -192,7 +191,7 @@ def test_blast_radius_most_urgent_first(
 
 
 def test_opt_out_tag_and_allow_list(emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["clusters"][0]["tags"] = {"AKS-Rotator-Opt-Out": "true"}  # tag names are case-insensitive
     doc["clusters"][1]["tags"] = {"aks-rotator-opt-out": "false"}  # false-ish: not opted out
     _reset(emulator, doc)
@@ -213,33 +212,11 @@ def test_expired_secret_reason(emulator: EmulatorControl, settings: Settings) ->
     assert payments.reason == "expired" and payments.days_left is not None and payments.days_left < 0
 
 
-# -- which secret the cluster uses -----------------------------------------------------------------------------
-def _password(key: str, days: float | None) -> PasswordInfo:
-    return PasswordInfo(key, None, None, None if days is None else NOW + timedelta(days=days), None)
-
-
-def test_credential_in_use_rules() -> None:
-    app = AppCredentials(
-        "a",
-        "app-obj",
-        "sp-obj",
-        (_password("k1", 5), _password("k2", 90)),
-        (_password("k3", -2), _password("k4", None)),
-    )
-    assert credential_in_use(app, None, NOW) == ("application", app.application_passwords[0], "earliest")
-    assert credential_in_use(app, "K2", NOW) == ("application", app.application_passwords[1], "keyvault")
-    # Key Vault names a key the app no longer has: back to the earliest rule.
-    assert credential_in_use(app, "gone", NOW) == ("application", app.application_passwords[0], "earliest")
-    expired = AppCredentials("a", "o", None, (_password("x", -3), _password("y", -1)), ())
-    assert credential_in_use(expired, None, NOW) == ("application", expired.application_passwords[0], "earliest")
-    # Passwords on an object the product cannot see do not count; no password at all: None.
-    assert credential_in_use(AppCredentials("a", None, None, (_password("z", 1),), ()), None, NOW) is None
-
-
+# -- which secret the cluster uses (the pure rule: tests/unit/test_credentials.py) ------------------------
 def test_key_vault_decides_when_the_product_rotated(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     payments_app = doc["applications"][0]
     payments_app["password_credentials"].append(
         {"key_id": "11111111-2222-4333-8444-555555555555", "display_name": "aks-rotator x", "expires_in_days": 170}
@@ -282,7 +259,7 @@ def test_key_vault_decides_when_the_product_rotated(
 def test_kubelet_on_sp_and_certificate_opt_in(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     payments = doc["clusters"][0]
     payments["identity_type"] = "SystemAssigned"  # switched to managed identity; kubelet not upgraded yet
     payments["kubelet_identity"] = False
@@ -307,7 +284,7 @@ def test_kubelet_on_sp_and_certificate_opt_in(
 def test_paging_and_shared_apps_looked_up_once(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
-    doc = estate.generate(clusters=2500, subscriptions=4, shared_every=3)
+    doc = seeds.generate(clusters=2500, subscriptions=4, shared_every=3)
     _reset(emulator, doc)
     settings = _settings(emulator, azurite, storage_names)
     emulator.clear_requests()
@@ -334,7 +311,7 @@ def test_paging_and_shared_apps_looked_up_once(
 def test_resource_graph_refused_falls_back_to_arm(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
-    doc = estate.generate(clusters=450, subscriptions=3)
+    doc = seeds.generate(clusters=450, subscriptions=3)
     doc["resource_graph_enabled"] = False
     _reset(emulator, doc)
     settings = _settings(emulator, azurite, storage_names)
@@ -373,7 +350,7 @@ def test_throttling_and_server_errors_are_survived(emulator: EmulatorControl, se
 
 
 def test_zero_clusters(emulator: EmulatorControl, settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["clusters"] = []
     _reset(emulator, doc)
     report = _scan(settings)
@@ -383,7 +360,7 @@ def test_zero_clusters(emulator: EmulatorControl, settings: Settings) -> None:
 
 # -- missing rights: a clear error, nothing queued ------------------------------------------------------------
 def test_missing_graph_permission(emulator: EmulatorControl, settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["graph_app_roles"] = {}
     _reset(emulator, doc)
     with pytest.raises(DiscoveryError, match=r"Application\.ReadWrite\.OwnedBy"):
@@ -393,7 +370,7 @@ def test_missing_graph_permission(emulator: EmulatorControl, settings: Settings)
 
 
 def test_missing_arm_permission(emulator: EmulatorControl, settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["resource_graph_enabled"] = False
     for assignment in doc["role_assignments"]:
         assignment["actions"] = [a for a in assignment["actions"] if not a.endswith("managedClusters/read")]
@@ -404,10 +381,10 @@ def test_missing_arm_permission(emulator: EmulatorControl, settings: Settings) -
 
 
 def test_missing_key_vault_role(emulator: EmulatorControl, settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["vault_roles"] = []
     _reset(emulator, doc)
-    with pytest.raises(DiscoveryError, match="Key Vault Secrets Officer"):
+    with pytest.raises(DiscoveryError, match="AKS credential rotator secrets"):
         _scan(settings)
     assert _queued(settings) == [] and _rows(settings) == []
 
@@ -433,7 +410,7 @@ def test_cli_exit_codes(emulator: EmulatorControl, settings: Settings, monkeypat
     due = runner.invoke(cli.app, ["scan", "--json", "--dry-run"])
     assert due.exit_code == cli.EXIT_DUE, due.output
     assert json.loads(due.stdout)["due"] == 3
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["graph_app_roles"] = {}
     _reset(emulator, doc)
     refused = runner.invoke(cli.app, ["scan", "--json"])
@@ -444,7 +421,7 @@ def test_cli_exit_codes(emulator: EmulatorControl, settings: Settings, monkeypat
 # -- 10,000 clusters -------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ten_thousand_clusters(emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames) -> None:
-    doc = estate.generate(clusters=10_000, subscriptions=50)
+    doc = seeds.generate(clusters=10_000, subscriptions=50)
     _reset(emulator, copy.deepcopy(doc))
     settings = _settings(emulator, azurite, storage_names)
     emulator.clear_requests()
@@ -457,7 +434,7 @@ def test_ten_thousand_clusters(emulator: EmulatorControl, azurite: Azurite, stor
 
 
 def test_key_vault_listing_pages(emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames) -> None:
-    doc = estate.generate(clusters=60, subscriptions=2)
+    doc = seeds.generate(clusters=60, subscriptions=2)
     _reset(emulator, doc)
     settings = _settings(emulator, azurite, storage_names)
     apps = {a["app_id"]: a for a in doc["applications"]}

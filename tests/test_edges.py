@@ -1,7 +1,7 @@
 """Hardened edges: every entry point against random and adversarial input, through the real code paths.
 
 One emulator and one Azurite serve the whole module; every test gets its own queue and tables. The four entry
-points are the queue trigger (`rotation.handle_message`), the Event Grid trigger (`events.handle_event`, both the
+points are the queue trigger (`rotation.handle_message`), the Key Vault events trigger (`events.handle_event`, both the
 host's envelope and the CLI's raw text), the HTTP body (`api.request_rotation`) and the app settings
 (`Settings.from_env`). For each, hypothesis throws wrong types, huge strings, unicode and NUL, injection-looking
 ids, other tenants' and other subscriptions' ids, replays and stale versions at it, and every example checks:
@@ -34,7 +34,7 @@ from azure.storage.queue import QueueClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, EmulatorProcess, settings_env
 from shared import api, events, rotation
@@ -141,7 +141,7 @@ async def _seed(settings: Settings, cluster_id: str, app_id: str, *states: str) 
 def edge(emulator_process: EmulatorProcess, azurite: Azurite) -> Estate:
     register_secret(CANARY)  # here, not at import: other test modules clear the process-wide registry
     control = emulator_process.control
-    demo = estate.demo()
+    demo = seeds.demo()
     control.reset(demo)
     http_challenge_cache.clear()
     subs = [s["id"] for s in demo["subscriptions"]]
@@ -560,7 +560,7 @@ def event_doc(
 
 def event_inputs(edge: Estate) -> st.SearchStrategy[Any]:
     """Events as the host hands them over (dict) and as the CLI reads them (text, bytes)."""
-    vault = estate.VAULT
+    vault = seeds.VAULT
     ours = KV_TOPIC.format(sub=edge.subs[0], rg="rg-rotator", vault=vault)
     secrets_ = st.sampled_from(
         [
@@ -822,8 +822,8 @@ def test_http_unknown_or_unreadable_cluster_is_404_and_identity_cluster_409(edge
 
 
 def _event(edge: Estate, version: str, *, event_id: str, cloud: bool = False, kind: str = events.NEAR_EXPIRY) -> Any:
-    topic = KV_TOPIC.format(sub=edge.subs[0], rg="rg-rotator", vault=estate.VAULT)
-    doc = event_doc(cloud, kind, topic, estate.VAULT, edge.secret, version, "1795478400", event_id)
+    topic = KV_TOPIC.format(sub=edge.subs[0], rg="rg-rotator", vault=seeds.VAULT)
+    doc = event_doc(cloud, kind, topic, seeds.VAULT, edge.secret, version, "1795478400", event_id)
     return json.dumps(doc) if cloud else doc
 
 
@@ -855,12 +855,12 @@ def test_event_about_an_older_version_is_ignored_even_out_of_order(edge: Estate)
 def test_event_for_a_cluster_outside_the_allow_list_is_ignored(edge: Estate) -> None:
     cfg = edge.settings()
     edge.control.clear_requests()
-    topic = KV_TOPIC.format(sub=edge.subs[0], rg="rg-rotator", vault=estate.VAULT)
+    topic = KV_TOPIC.format(sub=edge.subs[0], rg="rg-rotator", vault=seeds.VAULT)
     doc = event_doc(
         False,
         events.EXPIRED,
         topic,
-        estate.VAULT,
+        seeds.VAULT,
         edge.outside_secret,
         edge.outside_current.version,
         "1795478400",

@@ -16,11 +16,12 @@ from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import ManagedClusterServicePrincipalProfile
 from cryptography import x509
 
-from emulator import estate
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
-from emulator.state import ROTATOR_ARM_ACTIONS
+from emulator.seeds import ROTATOR_ARM_ACTIONS
 from shared.azure import container_service, product_credential
 from shared.settings import Settings
+from tests.plugins.emulator import grant_sdk_poller
 
 T = TypeVar("T")
 NEW_KEY = "aaaaaaaa-0000-4000-8000-000000000001"
@@ -41,7 +42,7 @@ def _run(settings: Settings, sub: str, body: Callable[[ContainerServiceClient], 
 
 def _demo_with_new_password(lro_seconds: float = 0.0) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Demo estate where aks-payments' app also has a fresh password NEW_SECRET (key NEW_KEY)."""
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["lro"] = {"base_seconds": lro_seconds, "per_node_seconds": 0}
     cluster = next(c for c in doc["clusters"] if c["name"] == "aks-payments")
     app = next(a for a in doc["applications"] if a["app_id"] == cluster["client_id"])
@@ -51,14 +52,10 @@ def _demo_with_new_password(lro_seconds: float = 0.0) -> tuple[dict[str, Any], d
 
 
 def _reset(emulator: EmulatorControl, doc: dict[str, Any]) -> None:
-    """Reset to `doc`, keeping the product identity the session's settings were built with. These wire tests drive
-    the SDK's own LRO poller, which also reads the operation result (Location); the product never does, so its role
-    lacks that action and it is granted here on top."""
+    """Reset to `doc`, keeping the product identity the session's settings were built with; these wire tests drive
+    the SDK's own LRO poller, so the identity also holds what it reads (`grant_sdk_poller`)."""
     doc["product"]["secret"] = emulator.ready["client_secret"]
-    for grant in doc["role_assignments"]:
-        if grant["principal"] == doc["product"]["app_id"]:
-            grant["actions"] = [*grant["actions"], "Microsoft.ContainerService/locations/operationresults/read"]
-    emulator.reset(doc)
+    emulator.reset(grant_sdk_poller(doc))
 
 
 def _truth_cluster(emulator: EmulatorControl, name: str) -> dict[str, Any]:
@@ -66,7 +63,7 @@ def _truth_cluster(emulator: EmulatorControl, name: str) -> dict[str, Any]:
 
 
 def test_list_follows_next_link_across_pages(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.generate(clusters=250, subscriptions=1)
+    doc = seeds.generate(clusters=250, subscriptions=1)
     doc["limits"] = {"arm_page_size": 100}
     _reset(emulator, doc)
     sub = doc["subscriptions"][0]["id"]
@@ -85,7 +82,7 @@ def test_list_follows_next_link_across_pages(emulator: EmulatorControl, emu_sett
 
 
 def test_get_cluster_shapes_and_not_found(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     _reset(emulator, doc)
     payments = next(c for c in doc["clusters"] if c["name"] == "aks-payments")
     ml = next(c for c in doc["clusters"] if c["name"] == "aks-ml")
@@ -123,7 +120,7 @@ def test_get_cluster_shapes_and_not_found(emulator: EmulatorControl, emu_setting
 
 
 def test_maintenance_configurations(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     cluster = doc["clusters"][0]
     cluster["maintenance"] = [
         {
@@ -163,7 +160,7 @@ def test_maintenance_configurations(emulator: EmulatorControl, emu_settings: Set
 
 
 def test_kubeconfig_ca_expiry_matches_seeded_cert_expiry(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     _reset(emulator, doc)
     legacy = next(c for c in doc["clusters"] if c["name"] == "aks-legacy")
 
@@ -376,7 +373,7 @@ def _product_oid(emulator: EmulatorControl) -> str:
 
 
 def test_throttling_answers_429_and_the_sdk_retries_through(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["limits"] = {"arm_read_capacity": 2, "arm_read_refill": 2}
     _reset(emulator, doc)
     cluster = doc["clusters"][0]

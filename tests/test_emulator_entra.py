@@ -12,7 +12,7 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.identity import ClientSecretCredential as SyncClientSecretCredential
 from azure.identity.aio import ClientSecretCredential
 
-from emulator import estate
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
 
 ARM = "https://management.azure.com/.default"
@@ -94,7 +94,7 @@ def test_unknown_app_and_unknown_tenant_are_refused(emulator: EmulatorControl) -
 
 
 def test_seeded_secret_expires_when_the_clock_passes_its_end(emulator: EmulatorControl) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     secret = "seeded-secret-value-0123456789abcdefghijk"
     app = doc["applications"][0]
     app["password_credentials"] = [
@@ -121,7 +121,7 @@ def test_tokens_expire_with_the_emulator_clock(emulator: EmulatorControl) -> Non
 
 
 def test_replication_delay_refuses_intermittently_then_accepts(emulator: EmulatorControl) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     app = doc["applications"][0]
     secret = "fresh-secret-value-0123456789abcdefghijklm"
     app["password_credentials"] = [{"key_id": "22222222-2222-2222-2222-222222222222", "secret": secret}]

@@ -35,7 +35,7 @@ from msgraph.generated.service_principals.item.add_password.add_password_post_re
 from msgraph.generated.service_principals.service_principals_request_builder import ServicePrincipalsRequestBuilder
 from msgraph.graph_service_client import GraphServiceClient
 
-from emulator import estate
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
 from shared.azure import graph_client, product_credential
 from shared.settings import Settings
@@ -49,8 +49,8 @@ WRITE_ALL = "Application.ReadWrite.All"
 
 def _estate(roles: list[str], apps: int = 0, **extra: Any) -> dict[str, Any]:
     """The demo estate with the product's Graph roles replaced and `apps` more applications."""
-    doc = estate.demo()
-    doc["graph_app_roles"] = {estate.PRODUCT_APP_ID: roles}
+    doc = seeds.demo()
+    doc["graph_app_roles"] = {seeds.PRODUCT_APP_ID: roles}
     for i in range(apps):
         doc["applications"].append(
             {
@@ -285,7 +285,7 @@ def test_owners_list_and_add(emulator: EmulatorControl, emu_settings: Settings) 
     emulator.reset(doc)
     state = emulator.state()
     app_oid = _app(state, doc["applications"][0]["app_id"])["objectId"]
-    product_sp = _app(state, estate.PRODUCT_APP_ID)["servicePrincipal"]["objectId"]
+    product_sp = _app(state, seeds.PRODUCT_APP_ID)["servicePrincipal"]["objectId"]
 
     def add(object_id: str) -> Callable[[GraphServiceClient], Awaitable[Any]]:
         async def body(client: GraphServiceClient) -> Any:

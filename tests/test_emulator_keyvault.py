@@ -16,7 +16,7 @@ from azure.identity.aio import ClientSecretCredential as AsyncClientSecretCreden
 from azure.keyvault.secrets import KeyVaultSecretIdentifier, SecretClient
 from azure.keyvault.secrets.aio import SecretClient as AsyncSecretClient
 
-from emulator import estate
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
 
 OTHER_APP = "0c7a5b1e-2d3f-4a6b-9c8d-7e6f5a4b3c2d"
@@ -52,7 +52,7 @@ def client(emulator: EmulatorControl) -> Iterator[SecretClient]:
 
 
 def _with_other_app(role: str | None) -> dict[str, Any]:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["applications"].append(
         {
             "app_id": OTHER_APP,
@@ -62,7 +62,7 @@ def _with_other_app(role: str | None) -> dict[str, Any]:
         }
     )
     if role is not None:
-        doc["vault_roles"].append({"principal": OTHER_APP, "vault": estate.VAULT, "role": role})
+        doc["vault_roles"].append({"principal": OTHER_APP, "vault": seeds.VAULT, "role": role})
     return doc
 
 
@@ -72,7 +72,7 @@ def _raw(control: EmulatorControl, method: str, path: str, **kwargs: Any) -> htt
 
 
 def test_unauthenticated_request_gets_the_key_vault_challenge(emulator: EmulatorControl) -> None:
-    response = _raw(emulator, "GET", f"/kv/{estate.VAULT}/secrets/anything/?api-version=2026-04-01")
+    response = _raw(emulator, "GET", f"/kv/{seeds.VAULT}/secrets/anything/?api-version=2026-04-01")
     assert response.status_code == 401
     challenge = response.headers["WWW-Authenticate"]
     assert challenge.startswith("Bearer authorization=")
@@ -112,7 +112,7 @@ def test_latest_without_trailing_slash(client: SecretClient, emulator: EmulatorC
     response = _raw(
         emulator,
         "GET",
-        f"/kv/{estate.VAULT}/secrets/plain?api-version=2026-04-01",
+        f"/kv/{seeds.VAULT}/secrets/plain?api-version=2026-04-01",
         headers={"Authorization": f"Bearer {token}"},
     )
     assert response.status_code == 200
@@ -139,7 +139,7 @@ def test_versions_items_carry_no_value(client: SecretClient, emulator: EmulatorC
     response = _raw(
         emulator,
         "GET",
-        f"/kv/{estate.VAULT}/secrets/novalue/versions?api-version=2026-04-01",
+        f"/kv/{seeds.VAULT}/secrets/novalue/versions?api-version=2026-04-01",
         headers={"Authorization": f"Bearer {token}"},
     )
     body = response.json()
@@ -265,7 +265,7 @@ def test_throttled_request_is_retried_by_the_sdk(client: SecretClient, emulator:
 
 
 def test_per_vault_bucket_answers_429(emulator: EmulatorControl) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["limits"] = {"keyvault_capacity": 3, "keyvault_refill": 0.001}
     emulator.reset(doc)
     with _client(emulator, retry_total=0) as c:
@@ -309,7 +309,7 @@ def test_async_client_round_trip(emulator: EmulatorControl) -> None:
 
 def test_truth_has_hashes_not_values(client: SecretClient, emulator: EmulatorControl) -> None:
     client.set_secret("truthful", "canary-value-never-in-truth", tags={"state": "current"})
-    vault = next(v for v in emulator.state()["vaults"] if v["name"] == estate.VAULT)
+    vault = next(v for v in emulator.state()["vaults"] if v["name"] == seeds.VAULT)
     (entry,) = vault["secrets"]["truthful"]
     assert entry["tags"] == {"state": "current"}
     assert len(entry["valueSha256"]) == 64

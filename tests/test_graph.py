@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from emulator import estate
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
 from shared import graph as graph_module
 from shared import logs
@@ -30,8 +30,8 @@ T = TypeVar("T")
 
 
 def _estate(roles: list[str], apps: int = 0, seed: int = 3, **extra: Any) -> dict[str, Any]:
-    doc = estate.demo()
-    doc["graph_app_roles"] = {estate.PRODUCT_APP_ID: roles}
+    doc = seeds.demo()
+    doc["graph_app_roles"] = {seeds.PRODUCT_APP_ID: roles}
     rng = random.Random(seed)
     for i in range(apps):
         password = {"display_name": "rbac", "expires_in_days": rng.uniform(1, 400)}
@@ -71,7 +71,7 @@ def _app(state: dict[str, Any], app_id: str) -> dict[str, Any]:
 def test_lookup_1000_apps_in_few_batched_requests(emulator: EmulatorControl, emu_settings: Settings) -> None:
     emulator.reset(_estate(["Application.ReadWrite.OwnedBy"], apps=1000))
     state = emulator.state()
-    ids = [a["appId"] for a in state["applications"] if a["appId"] != estate.PRODUCT_APP_ID][-1000:]
+    ids = [a["appId"] for a in state["applications"] if a["appId"] != seeds.PRODUCT_APP_ID][-1000:]
     # shared apps (one app behind several clusters) appear repeatedly; unknown ids are simply absent
     unknown = str(uuid.uuid4())
     asked = ids + ids[:100] + [i.upper() for i in ids[100:150]] + [unknown]
@@ -143,7 +143,7 @@ def test_lookup_gives_up_after_bounded_attempts(emulator: EmulatorControl, emu_s
     emulator.add_faults({"kind": "status", "surface": "graph", "operation": "listApplications", "status": 500})
     emulator.clear_requests()
     with pytest.raises(GraphError, match="gave up after 3 attempts"):
-        _ops(emu_settings, lambda ops: ops.lookup_apps([estate.PRODUCT_APP_ID]), max_attempts=3, backoff_seconds=0.01)
+        _ops(emu_settings, lambda ops: ops.lookup_apps([seeds.PRODUCT_APP_ID]), max_attempts=3, backoff_seconds=0.01)
     assert emulator.requests()["graph.listApplications"] == 3
 
 
@@ -152,13 +152,13 @@ def test_lookup_without_read_permission_is_an_authorization_error(
 ) -> None:
     emulator.reset(_estate([]))
     with pytest.raises(GraphAuthorizationError, match="403 Authorization_RequestDenied"):
-        _ops(emu_settings, lambda ops: ops.lookup_apps([estate.PRODUCT_APP_ID]))
+        _ops(emu_settings, lambda ops: ops.lookup_apps([seeds.PRODUCT_APP_ID]))
 
 
 # -- passwords ------------------------------------------------------------------------------------------------
 def test_add_and_remove_password_idempotently(emulator: EmulatorControl, emu_settings: Settings) -> None:
     emulator.reset(_estate(["Application.ReadWrite.OwnedBy"]))
-    demo = estate.demo()
+    demo = seeds.demo()
     on_app, on_sp = demo["applications"][0], demo["applications"][1]  # aks-payments (app), aks-checkout (SP)
     state = emulator.state()
     app_oid = _app(state, on_app["app_id"])["objectId"]
@@ -293,7 +293,7 @@ def test_owners_and_add_owner(emulator: EmulatorControl, emu_settings: Settings)
     emulator.reset(doc)
     state = emulator.state()
     oid = _app(state, doc["applications"][0]["app_id"])["objectId"]
-    product_sp = _app(state, estate.PRODUCT_APP_ID)["servicePrincipal"]["objectId"]
+    product_sp = _app(state, seeds.PRODUCT_APP_ID)["servicePrincipal"]["objectId"]
 
     async def body(ops: GraphOps) -> list[list[str]]:
         before = await ops.owners("application", oid)

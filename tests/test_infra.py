@@ -91,7 +91,7 @@ def json_file(name: str) -> list[str]:
 
 
 def code() -> str:
-    return "\n".join(p.read_text() for p in sorted(SHARED.glob("*.py")))
+    return "\n".join(p.read_text() for p in sorted(SHARED.rglob("*.py")))
 
 
 # -- shape ----------------------------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_alert_contract_matches_runbook_and_code() -> None:
     for event in ALERTED_EVENTS:
         assert f"`{event}`" in runbook, f"docs/operations.md does not document {event}"
     # The two non-failure events are emitted by the code under exactly these names.
-    assert f'"{EVENT_ROTATION_URGENT}"' in (SHARED / "rotation.py").read_text()
+    assert f'"{EVENT_ROTATION_URGENT}"' in (SHARED / "rotation" / "apply.py").read_text()
     assert "EVENT_INPUT_REJECTED" in (SHARED / "edge.py").read_text()
 
 

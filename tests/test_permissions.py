@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from emulator import estate
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
-from emulator.state import ROTATOR_ARM_ACTIONS
+from emulator.seeds import ROTATOR_ARM_ACTIONS
 from shared import permissions
 from shared.azure import ARM_AUDIENCE, product_credential, secret_credential
 from shared.permissions import (
@@ -43,7 +43,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 def _doc() -> dict[str, Any]:
     """The demo estate plus an administrator app holding Application.ReadWrite.All and ARM read."""
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["applications"].append(
         {
             "app_id": ADMIN_APP_ID,
@@ -84,7 +84,7 @@ def _app(doc: dict[str, Any], cluster_name: str) -> dict[str, Any]:
 
 def _product_sp(emulator: EmulatorControl) -> str:
     truth = emulator.state()
-    product = next(a for a in truth["applications"] if a["appId"] == estate.PRODUCT_APP_ID)
+    product = next(a for a in truth["applications"] if a["appId"] == seeds.PRODUCT_APP_ID)
     return str(product["servicePrincipal"]["objectId"])
 
 
@@ -118,21 +118,7 @@ def test_required_actions_are_the_role_file() -> None:
     assert permissions.required_actions(ROOT / "no-such-file.json") == permissions.REQUIRED_ARM_ACTIONS
 
 
-def test_effective_actions_wildcards_and_not_actions() -> None:
-    wanted = ["Microsoft.ContainerService/managedClusters/read", RESET_ACTION, "Microsoft.Resources/subscriptions/read"]
-    blocks = [
-        {"actions": ["Microsoft.ContainerService/*"], "notActions": ["*/resetServicePrincipalProfile/action"]},
-        {"actions": ["*/read"], "notActions": []},
-    ]
-    assert permissions.effective_actions(blocks, wanted) == {wanted[0], wanted[2]}
-    blocks.append({"actions": ["microsoft.containerservice/managedclusters/*"]})  # ARM matching ignores case
-    assert permissions.effective_actions(blocks, wanted) == set(wanted)
-    assert permissions.effective_actions([{"actions": ["*"], "notActions": ["*"]}], wanted) == set()
-
-
 def test_helpers() -> None:
-    assert permissions.vault_name("https://rotator-kv.vault.azure.net") == "rotator-kv"
-    assert permissions.vault_name("https://127.0.0.1:8443/kv/rotator-kv") == "rotator-kv"
     assert permissions.token_claims("not-a-jwt") == {}
     assert permissions.role_name("custom") == "custom"
     report = PreflightReport("c", "o", 1, (Finding("s", "x", True), Finding("s2", "y", False, "m", "fix")))
@@ -168,9 +154,9 @@ def test_permissions_route_returns_the_union_and_refuses_a_bad_token(
     rg = f"{sub}/resourceGroups/{spec['resource_group']}"
     cluster = _cluster_id(spec)
     doc["role_assignments"] = [
-        {"principal": estate.PRODUCT_APP_ID, "scope": sub, "actions": ["Microsoft.Resources/subscriptions/read"]},
-        {"principal": estate.PRODUCT_APP_ID, "scope": rg, "actions": ["Microsoft.ContainerService/*/read"]},
-        {"principal": estate.PRODUCT_APP_ID, "scope": cluster, "actions": [RESET_ACTION]},
+        {"principal": seeds.PRODUCT_APP_ID, "scope": sub, "actions": ["Microsoft.Resources/subscriptions/read"]},
+        {"principal": seeds.PRODUCT_APP_ID, "scope": rg, "actions": ["Microsoft.ContainerService/*/read"]},
+        {"principal": seeds.PRODUCT_APP_ID, "scope": cluster, "actions": [RESET_ACTION]},
         {"principal": ADMIN_APP_ID, "scope": sub, "actions": ["*"]},  # someone else's: never shown
     ]
     _reset(emulator, doc)
@@ -215,7 +201,7 @@ def test_preflight_ok_on_the_documented_roles(emulator: EmulatorControl, emu_set
     assert sum(f.check == CHECK_SP_OWNER for f in report.findings) == 1
     assert sum(f.check == CHECK_ARM_ACTIONS for f in report.findings) == 5
     assert ("ARM permissions", 5, 5) in stages
-    vault = next(v for v in emulator.state()["vaults"] if v["name"] == estate.VAULT)
+    vault = next(v for v in emulator.state()["vaults"] if v["name"] == seeds.VAULT)
     probe = vault["secrets"][PROBE_SECRET]
     assert len(probe) == 1 and probe[0]["tags"]["purpose"] == "aks-rotator-preflight"
     assert "managed-by" not in probe[0]["tags"]
@@ -227,7 +213,7 @@ def test_a_second_preflight_writes_no_new_secret_version(emulator: EmulatorContr
     assert _preflight(emu_settings).ok
     second = _preflight(emu_settings)
     assert second.ok, second.rows()
-    vault = next(v for v in emulator.state()["vaults"] if v["name"] == estate.VAULT)
+    vault = next(v for v in emulator.state()["vaults"] if v["name"] == seeds.VAULT)
     (probe,) = vault["secrets"][PROBE_SECRET]
     assert "checked" in probe["tags"]
     (write,) = [f for f in second.findings if f.check == CHECK_VAULT_WRITE]
@@ -239,7 +225,7 @@ def test_preflight_names_exactly_the_missing_arm_action(emulator: EmulatorContro
     spec = _cluster(doc, "aks-payments")
     sub = spec["subscription_id"]
     for ra in doc["role_assignments"]:
-        if ra["principal"] == estate.PRODUCT_APP_ID and ra["scope"] == f"/subscriptions/{sub}":
+        if ra["principal"] == seeds.PRODUCT_APP_ID and ra["scope"] == f"/subscriptions/{sub}":
             ra["actions"] = [a for a in ra["actions"] if a != RESET_ACTION]
     _reset(emulator, doc)
     report = _preflight(emu_settings)
@@ -294,7 +280,7 @@ def test_preflight_reports_an_application_not_owned(emulator: EmulatorControl, e
 
 def test_preflight_reports_a_missing_graph_role(emulator: EmulatorControl, emu_settings: Settings) -> None:
     doc = _doc()
-    doc["graph_app_roles"][estate.PRODUCT_APP_ID] = []
+    doc["graph_app_roles"][seeds.PRODUCT_APP_ID] = []
     _reset(emulator, doc)
     report = _preflight(emu_settings)
     role = _failures(report, CHECK_GRAPH_ROLE)
@@ -308,7 +294,7 @@ def test_preflight_reports_a_missing_graph_role(emulator: EmulatorControl, emu_s
 
 def test_preflight_with_read_write_all_passes_with_a_note(emulator: EmulatorControl, emu_settings: Settings) -> None:
     doc = _doc()
-    doc["graph_app_roles"][estate.PRODUCT_APP_ID] = ["Application.ReadWrite.All"]
+    doc["graph_app_roles"][seeds.PRODUCT_APP_ID] = ["Application.ReadWrite.All"]
     _app(doc, "aks-payments")["owned_by_product"] = False
     _reset(emulator, doc)
     report = _preflight(emu_settings)
@@ -327,12 +313,12 @@ def test_preflight_reports_missing_key_vault_role(emulator: EmulatorControl, emu
     assert listing.missing == "Microsoft.KeyVault/vaults/secrets/readMetadata/action"
     assert listing.fix == (
         f'az role assignment create --assignee {emu_settings.client_id} --role "Key Vault Secrets Officer" '
-        f'--scope "$(az keyvault show --name {estate.VAULT} --query id -o tsv)"'
+        f'--scope "$(az keyvault show --name {seeds.VAULT} --query id -o tsv)"'
     )
     write = next(f for f in failures if f.check == CHECK_VAULT_WRITE)
     assert write.missing == "Microsoft.KeyVault/vaults/secrets/setSecret/action"
 
-    doc["vault_roles"] = [{"principal": estate.PRODUCT_APP_ID, "vault": estate.VAULT, "role": "Key Vault Secrets User"}]
+    doc["vault_roles"] = [{"principal": seeds.PRODUCT_APP_ID, "vault": seeds.VAULT, "role": "Key Vault Secrets User"}]
     _reset(emulator, doc)
     (write,) = _preflight(emu_settings).failures  # a reader can list but not write
     assert (write.check, write.missing) == (CHECK_VAULT_WRITE, "Microsoft.KeyVault/vaults/secrets/setSecret/action")
@@ -342,7 +328,7 @@ def test_preflight_reports_a_credential_without_tokens(emulator: EmulatorControl
     _reset(emulator, _doc())
 
     async def go() -> PreflightReport:
-        wrong = secret_credential(emu_settings, estate.PRODUCT_APP_ID, "not-the-secret-at-all-0123456789")
+        wrong = secret_credential(emu_settings, seeds.PRODUCT_APP_ID, "not-the-secret-at-all-0123456789")
         try:
             return await permissions.preflight(emu_settings, credential=wrong, retry_total=0)
         finally:

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from emulator import estate
 from emulator import resource_graph as emu_rg
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
 from shared.aks import ClusterInfo
 from shared.azure import product_credential
@@ -56,7 +56,7 @@ def test_emulator_answers_exactly_the_product_query() -> None:
 
 
 def test_2500_clusters_in_three_pages_match_arm(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.generate(clusters=2500, subscriptions=4)
+    doc = seeds.generate(clusters=2500, subscriptions=4)
     _reset(emulator, doc)
     emulator.clear_requests()
     clusters = _query(emu_settings)
@@ -78,7 +78,7 @@ def test_2500_clusters_in_three_pages_match_arm(emulator: EmulatorControl, emu_s
 
 
 def test_shape_quota_headers_table_format_and_bad_query(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["limits"] = {"resourcegraph_queries": 5, "resourcegraph_window": 5}
     _reset(emulator, doc)
     with _http(emulator, emu_settings) as http:
@@ -124,7 +124,7 @@ def test_shape_quota_headers_table_format_and_bad_query(emulator: EmulatorContro
 
 
 def test_quota_exhaustion_waits_for_the_reset(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.generate(clusters=2500, subscriptions=2)
+    doc = seeds.generate(clusters=2500, subscriptions=2)
     doc["limits"] = {"resourcegraph_queries": 1, "resourcegraph_window": 1}
     _reset(emulator, doc)
     waits: list[float] = []
@@ -140,7 +140,7 @@ def test_quota_exhaustion_waits_for_the_reset(emulator: EmulatorControl, emu_set
 
 
 def test_429_is_honoured_when_the_sdk_does_not_retry(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     _reset(emulator, doc)
     emulator.add_faults({"kind": "throttle", "surface": "resourcegraph", "retry_after": 1, "times": 1})
     waits: list[float] = []
@@ -153,20 +153,20 @@ def test_429_is_honoured_when_the_sdk_does_not_retry(emulator: EmulatorControl, 
 
 
 def test_refused_resource_graph_raises_refused(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     doc["resource_graph_enabled"] = False
     _reset(emulator, doc)
     with pytest.raises(ResourceGraphRefused) as info:
         _query(emu_settings, retry_total=0)
     assert info.value.status == 403 and info.value.code == "AuthorizationFailed"
-    _reset(emulator, estate.demo())
+    _reset(emulator, seeds.demo())
     emulator.add_faults({"kind": "status", "surface": "resourcegraph", "status": 403, "message": "Forbidden"})
     with pytest.raises(ResourceGraphRefused):
         _query(emu_settings, retry_total=0)
 
 
 def test_rows_only_where_the_caller_can_read(emulator: EmulatorControl, emu_settings: Settings) -> None:
-    doc = estate.demo()
+    doc = seeds.demo()
     readable = doc["subscriptions"][0]["id"]
     doc["role_assignments"] = [ra for ra in doc["role_assignments"] if ra["scope"] == f"/subscriptions/{readable}"]
     _reset(emulator, doc)

@@ -17,18 +17,19 @@ from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared.aks import ClusterBusy
 from shared.settings import Settings
-from tests.test_rotation import (
+from tests.support.engine import (
     check_invariants,
     cluster_by_name,
     demo_estate,
     due_message,
+    fresh_names,
     make_settings,
     open_deps,
+    product_passwords,
     rows,
     run_until_idle,
     submit_all,
 )
-from tests.test_rotation_faults import _names, product_passwords
 
 RESET = "resetServicePrincipalProfile"
 
@@ -37,7 +38,7 @@ def _run(emulator: EmulatorControl, azurite: Azurite, repeat: Callable[[], None]
     """The first reset reaches AKS but its answer is lost; `repeat()` runs before every later reset (it may inject a
     fault or raise), which is then sent for real. Returns the settings and the rotation id."""
     emulator.reset(demo_estate())
-    settings = make_settings(emulator, azurite, _names())
+    settings = make_settings(emulator, azurite, fresh_names())
     message = due_message(emulator.state(), "aks-payments")
     asyncio.run(submit_all(settings, [message]))
 
@@ -74,7 +75,7 @@ def _judge(emulator: EmulatorControl, settings: Settings, rid: str) -> Any:
     assert cluster["heldKeyId"] == record.new_key_id  # the lost-answer reset was applied
     assert cluster["heldValid"], f"the new password the cluster holds was removed: {record.failure_reason}"
     assert any(p["keyId"] == cluster["heldKeyId"] for p in product_passwords(after))
-    assert record.state == "failed" and record.failure_reason, (record.state, record.step)
+    assert record.state == "failed" and record.failure_reason, (record.state, record.phase)
     check_invariants(after, records)
     return record
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,15 +26,15 @@ from shared.messages import RotationMessage
 from shared.queues import RotationQueues
 from shared.settings import Settings
 from shared.store import RotationStore
-from tests.plugins.azurite import StorageNames
-from tests.test_rotation import (
-    all_passwords,
+from tests.support.engine import (
     check_invariants,
     cluster_by_name,
     demo_estate,
     due_message,
+    fresh_names,
     make_settings,
     open_deps,
+    product_passwords,
     rows,
     run_until_idle,
     submit_all,
@@ -52,11 +51,6 @@ NO_LIMITS = {
 }
 
 
-def _names() -> StorageNames:
-    suffix = uuid.uuid4().hex[:12]
-    return StorageNames(f"rot-{suffix}", f"state{suffix}", f"audit{suffix}", f"locks-{suffix}")
-
-
 def scenario(
     emulator: EmulatorControl,
     azurite: Azurite,
@@ -68,7 +62,7 @@ def scenario(
 ) -> tuple[Settings, dict[str, Any], dict[str, Any], list[RotationMessage]]:
     """Reset, queue the due rotations, inject `faults`, drain until idle; return settings, before, after, messages."""
     emulator.reset(doc or demo_estate())
-    settings = make_settings(emulator, azurite, _names(), **(env or {}))
+    settings = make_settings(emulator, azurite, fresh_names(), **(env or {}))
     before = emulator.state()
     messages = [due_message(before, name) for name in names]
     asyncio.run(submit_all(settings, messages))
@@ -77,15 +71,6 @@ def scenario(
     asyncio.run(run_until_idle(settings, rounds=200))
     emulator.clear_faults()
     return settings, before, emulator.state(), messages
-
-
-def product_passwords(state: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        p
-        for a in state["applications"]
-        for p in all_passwords(a)
-        if (p.get("displayName") or "").startswith(rotation.DISPLAY_NAME_PREFIX + " ")
-    ]
 
 
 # -- a crash at every step boundary: the next external call fails, the message is redelivered ----------------
@@ -122,7 +107,7 @@ def test_crash_at_every_step_boundary_resumes(emulator: EmulatorControl, azurite
     settings, _before, after, messages = scenario(emulator, azurite, [BOUNDARY_FAULTS[fault]])
     records = asyncio.run(rows(settings))
     assert {records[m.rotation_id].state for m in messages} == {"succeeded"}, [
-        (r.step, r.failure_reason) for r in records.values()
+        (r.phase, r.failure_reason) for r in records.values()
     ]
     check_invariants(after, records)
     # Exactly one new password per rotation survived, and it is the one the cluster holds.
@@ -145,7 +130,7 @@ def test_lost_secret_is_removed_and_created_again(emulator: EmulatorControl, azu
 
 def test_duplicate_and_concurrent_delivery(emulator: EmulatorControl, azurite: Azurite) -> None:
     emulator.reset(demo_estate())
-    settings = make_settings(emulator, azurite, _names())
+    settings = make_settings(emulator, azurite, fresh_names())
     before = emulator.state()
     messages = [due_message(before, name) for name in DUE]
 
@@ -187,7 +172,7 @@ def test_replication_delay_is_polled_without_holding_the_invocation(
     emulator: EmulatorControl, azurite: Azurite
 ) -> None:
     emulator.reset(demo_estate())
-    settings = make_settings(emulator, azurite, _names())
+    settings = make_settings(emulator, azurite, fresh_names())
     before = emulator.state()
     message = due_message(before, "aks-payments")
     asyncio.run(submit_all(settings, [message]))
@@ -212,7 +197,7 @@ def test_replication_delay_is_polled_without_holding_the_invocation(
 
 def test_proof_timeout_fails_and_cleans_up(emulator: EmulatorControl, azurite: Azurite) -> None:
     emulator.reset(demo_estate())
-    settings = make_settings(emulator, azurite, _names(), PROOF_TIMEOUT_SECONDS="1", REQUEUE_DELAY_SECONDS="0")
+    settings = make_settings(emulator, azurite, fresh_names(), PROOF_TIMEOUT_SECONDS="1", REQUEUE_DELAY_SECONDS="0")
     message = due_message(emulator.state(), "aks-payments")
     asyncio.run(submit_all(settings, [message]))
     emulator.add_faults({"kind": "replication_delay", "surface": "entra", "seconds": 100000})
@@ -329,7 +314,7 @@ def test_persistent_failure_goes_to_poison_and_cleans_up(
 
 def test_invalid_message_is_rejected_to_poison(emulator: EmulatorControl, azurite: Azurite) -> None:
     emulator.reset(demo_estate())
-    settings = make_settings(emulator, azurite, _names())
+    settings = make_settings(emulator, azurite, fresh_names())
 
     async def go() -> tuple[rotation.StepOutcome, int]:
         async with open_deps(settings) as deps:
@@ -347,7 +332,7 @@ def test_canary_no_secret_in_logs_messages_or_audit(
     emulator: EmulatorControl, azurite: Azurite, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     emulator.reset(demo_estate())
-    settings = make_settings(emulator, azurite, _names())
+    settings = make_settings(emulator, azurite, fresh_names())
     before = emulator.state()
     messages = [due_message(before, name) for name in DUE]
     sent: list[str] = []
@@ -469,7 +454,7 @@ def test_random_schedules_keep_the_promise(
     advance: int,
 ) -> None:
     emulator.reset(demo_estate())
-    settings = make_settings(emulator, azurite, _names(), PROOF_TIMEOUT_SECONDS="30", PROOF_SUCCESSES="2")
+    settings = make_settings(emulator, azurite, fresh_names(), PROOF_TIMEOUT_SECONDS="30", PROOF_SUCCESSES="2")
     before = emulator.state()
     messages = [due_message(before, name) for name in which]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import discovery, rotation
@@ -41,7 +41,7 @@ def _all_due(doc: dict[str, Any]) -> dict[str, Any]:
 def test_four_workers_rotate_every_due_cluster_exactly_once(
     emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
 ) -> None:
-    emulator.reset(_all_due(estate.generate(clusters=580, subscriptions=8, seed=11)))
+    emulator.reset(_all_due(seeds.generate(clusters=580, subscriptions=8, seed=11)))
     env = product_env(
         emulator,
         azurite,

@@ -16,6 +16,7 @@ from azure.storage.queue.aio import QueueClient
 from emulator.azurite import Azurite
 from shared.locks import ClusterLocks, LockBusy, LockLost, lock_blob_name
 from shared.queues import RotationQueues
+from shared.record import Phase
 from shared.settings import Settings
 from shared.store import AlreadyExists, RotationRecord, RotationStore, StaleRecord
 
@@ -238,15 +239,15 @@ def test_create_get_save_and_conflicts(storage_settings: Settings) -> None:
             assert read.old_key_ids == ["k1", "k2"] and read.observed_expiry == expiry
             assert read.created_at.tzinfo is UTC and type(read.created_at) is datetime
 
-            read.state, read.step, read.attempts = "running", "add_password", 1
+            read.state, read.phase, read.attempts = "running", Phase.CREATE, 1
             saved = await store.save(read)
             assert saved.etag != read.etag and saved.updated_at >= read.updated_at
 
-            read.step = "concurrent writer"
+            read.phase = Phase.STORE
             with pytest.raises(StaleRecord):
                 await store.save(read)  # read's etag is now stale
             current = await store.get("r-1")
-            assert current is not None and current.step == "add_password" and current.attempts == 1
+            assert current is not None and current.phase == Phase.CREATE and current.attempts == 1
 
             current.holder = None  # REPLACE drops the property
             await store.save(current)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from emulator import estate
+from emulator import seeds
 from emulator.sandbox import EmulatorControl
 from shared.azure import product_credential
 from shared.settings import Settings
@@ -75,7 +75,7 @@ def test_store_versions_and_current_round_trip(emu_settings: Settings, emulator:
     assert first.expires_on == expires
     assert {v.version for v in versions} == {first.version, second.version}
     assert current is not None and current.version == first.version
-    vault = next(v for v in emulator.state()["vaults"] if v["name"] == estate.VAULT)
+    vault = next(v for v in emulator.state()["vaults"] if v["name"] == seeds.VAULT)
     assert {e["contentType"] for e in vault["secrets"][name]} == {CONTENT_TYPE}
 
 
@@ -150,7 +150,7 @@ def test_truth_shows_hashes_and_tags_never_the_value(emu_settings: Settings, emu
     run(emu_settings, lambda store: store.store(name, SECRET, _expiry(), {"state": "pending"}))
     truth = emulator.state()
     assert SECRET not in json.dumps(truth)
-    vault = next(v for v in truth["vaults"] if v["name"] == estate.VAULT)
+    vault = next(v for v in truth["vaults"] if v["name"] == seeds.VAULT)
     (entry,) = vault["secrets"][name]
     assert entry["tags"]["state"] == "pending"
     assert len(entry["valueSha256"]) == 64
@@ -159,8 +159,8 @@ def test_truth_shows_hashes_and_tags_never_the_value(emu_settings: Settings, emu
 def test_forbidden_store_raises_vault_forbidden_without_the_secret(
     emu_settings: Settings, emulator: EmulatorControl
 ) -> None:
-    doc = estate.demo()
-    doc["vault_roles"] = [{"principal": estate.PRODUCT_APP_ID, "vault": estate.VAULT, "role": "Key Vault Secrets User"}]
+    doc = seeds.demo()
+    doc["vault_roles"] = [{"principal": seeds.PRODUCT_APP_ID, "vault": seeds.VAULT, "role": "Key Vault Secrets User"}]
     emulator.reset(doc)
 
     async def body(store: VaultStore) -> VaultForbidden:

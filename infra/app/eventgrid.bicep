@@ -1,4 +1,4 @@
-// Key Vault -> Event Grid system topic -> Storage queue `keyvault-events` (function_app.py keyvault_events_queue).
+// Key Vault -> Event Grid system topic -> Storage queue `keyvault-events` (function_app.py keyvault_events).
 // No public webhook: Event Grid delivers with the topic's own managed identity, which may only send messages to
 // that one queue and write dead letters to that one container (Learn: "Event delivery with a managed identity";
 // Microsoft.EventGrid systemTopics/eventSubscriptions, deliveryWithResourceIdentity / deadLetterWithResourceIdentity).

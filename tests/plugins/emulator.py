@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from azure.keyvault.secrets._shared import http_challenge_cache
 
-from emulator import estate
+from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, EmulatorProcess, settings_env
 from shared.settings import Settings
@@ -27,7 +28,7 @@ def emulator_process() -> Iterator[EmulatorProcess]:
 def emulator(emulator_process: EmulatorProcess) -> EmulatorControl:
     """The emulator, reset to the demo estate with no faults. Tests may `reset()` it to their own estate."""
     control = emulator_process.control
-    control.reset(estate.demo())
+    control.reset(seeds.demo())
     http_challenge_cache.clear()  # the Key Vault SDK caches challenges per host:port, process-wide
     return control
 
@@ -49,3 +50,17 @@ def product_env(emulator: EmulatorControl, azurite: Azurite, names: StorageNames
         LOCK_CONTAINER=names.lock_container,
         **overrides,
     )
+
+
+# What azure-core's own ARM poller reads after a 202 (the operation result at `Location`). The product never follows
+# `Location`, so its role (infra/app/rotator-role-actions.json) lacks this; wire tests that drive the SDK poller
+# grant it on top.
+SDK_POLLER_ACTION = "Microsoft.ContainerService/locations/operationresults/read"
+
+
+def grant_sdk_poller(doc: dict[str, Any]) -> dict[str, Any]:
+    """Give the product's identity in `doc` SDK_POLLER_ACTION on every scope it already holds; returns `doc`."""
+    for grant in doc["role_assignments"]:
+        if grant["principal"] == doc["product"]["app_id"]:
+            grant["actions"] = [*grant["actions"], SDK_POLLER_ACTION]
+    return doc

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from emulator.keyvault import PRODUCT_VAULT_ROLE
-from emulator.state import ROTATOR_ARM_ACTIONS
+
+# The product's custom roles, as infra/ grants them with certificate handling on (the default role plus the opt-in
+# certificate role): the estates give the product exactly these actions.
+ROTATOR_ARM_ACTIONS: tuple[str, ...] = tuple(
+    action
+    for name in ("rotator-role-actions.json", "rotator-cert-role-actions.json")
+    for action in json.loads((Path(__file__).resolve().parent.parent / "infra" / "app" / name).read_text())
+)
 
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 PRODUCT_APP_ID = "5f0c1d2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f"

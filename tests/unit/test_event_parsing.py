@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.events import EXPIRED, NEAR_EXPIRY, own_vault_name, parse_event
+from shared.events import EXPIRED, NEAR_EXPIRY, parse_event
 from shared.messages import InvalidInput
+from shared.vault import vault_name
 
 SUB = "6f1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 TOPIC = f"/subscriptions/{SUB}/resourceGroups/rg-rotator/providers/Microsoft.KeyVault/vaults/rotator-kv"
@@ -114,9 +115,9 @@ def test_oversized_and_non_json_events_are_rejected() -> None:
         parse_event(b"\xff\xfe not json")
 
 
-def test_own_vault_name_in_azure_and_on_the_emulator() -> None:
-    assert own_vault_name("https://rotator-kv.vault.azure.net") == "rotator-kv"
-    assert own_vault_name("https://127.0.0.1:8443/kv/rotator-kv") == "rotator-kv"
+def test_vault_name_in_azure_and_on_the_emulator() -> None:
+    assert vault_name("https://rotator-kv.vault.azure.net") == "rotator-kv"
+    assert vault_name("https://127.0.0.1:8443/kv/rotator-kv") == "rotator-kv"
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

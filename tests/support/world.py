@@ -1,0 +1,59 @@
+"""Estates for simulations: small, explicit, built from the emulator's seed format (emulator/seeds.py)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+from emulator import seeds
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def estate(
+    clusters: list[dict[str, Any]],
+    *,
+    seed: int = 7,
+    lro_seconds: float = 600,
+    per_node_seconds: float = 60,
+    subscriptions: int = 1,
+) -> dict[str, Any]:
+    """An estate of SP clusters. Each entry: `name`, `days` (expiry of its one password), optional `app` (a name:
+    clusters with the same `app` share one application), `on_sp`, `tags`, `subscription` (index), `node_count`."""
+    rng = random.Random(seed)
+    subs = [{"id": _uuid(rng), "display_name": f"sub-{i}"} for i in range(subscriptions)]
+    doc = seeds.base(rng, subs)
+    doc["lro"] = {"base_seconds": lro_seconds, "per_node_seconds": per_node_seconds}
+    apps: dict[str, dict[str, Any]] = {}
+    for spec in clusters:
+        app_name = spec.get("app", spec["name"] + "-sp")
+        app = apps.get(app_name)
+        if app is None:
+            password = {"key_id": _uuid(rng), "display_name": "rbac", "expires_in_days": spec.get("days", 200)}
+            app = {"app_id": _uuid(rng), "object_id": _uuid(rng), "display_name": app_name}
+            if spec.get("on_sp"):
+                app["service_principal"] = {"object_id": _uuid(rng), "password_credentials": [password]}
+            else:
+                app["password_credentials"] = [password]
+            apps[app_name] = app
+            doc["applications"].append(app)
+        sub = subs[spec.get("subscription", 0)]
+        doc["clusters"].append(
+            {
+                "subscription_id": sub["id"],
+                "resource_group": f"rg-{spec['name']}",
+                "name": spec["name"],
+                "client_id": app["app_id"],
+                "node_count": spec.get("node_count", 3),
+                "tags": spec.get("tags", {}),
+            }
+        )
+    return doc
+
+
+def app_of(doc: dict[str, Any], cluster: str) -> dict[str, Any]:
+    client = next(c["client_id"] for c in doc["clusters"] if c["name"] == cluster)
+    return next(a for a in doc["applications"] if a["app_id"] == client)

@@ -1,0 +1,221 @@
+"""Simulated weeks of real estates: the real handlers against the emulator + Azurite with simulated time
+(tests/support/sim.py), the whole promise asserted over the whole estate (tests/support/invariants.py).
+
+Each test is one class of situation real estates produce (issue 10's world events and field modes). A class the
+product does not handle yet is `xfail(strict=True)` with the reason; the fix removes the mark.
+`SIM_SEED` replays the randomized suite (tests/test_simulation_random.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from emulator.azurite import Azurite
+from emulator.sandbox import EmulatorControl
+from shared.settings import Settings
+from tests.support.engine import fresh_names, make_settings, rows
+from tests.support.sim import Simulation
+from tests.support.world import estate
+
+REALISTIC = {
+    "PROOF_SPACING_SECONDS": "5",
+    "PROOF_SUCCESSES": "5",
+    "RETIRE_GRACE_SECONDS": "86400",
+    "REQUEUE_DELAY_SECONDS": "60",
+    "LRO_POLL_SECONDS": "120",
+    "LEASE_SECONDS": "60",
+}
+
+
+class World:
+    """One simulated estate: the emulator reset to `doc`, fresh storage, the simulation host."""
+
+    def __init__(self, emulator: EmulatorControl, azurite: Azurite, doc: dict[str, Any], **env: str) -> None:
+        emulator.reset(doc)
+        self.emulator = emulator
+        self.settings: Settings = make_settings(emulator, azurite, fresh_names(), **{**REALISTIC, **env})
+        self.sim = Simulation(emulator, self.settings)
+
+    def run(self, days: float) -> None:
+        asyncio.run(self.sim.run(timedelta(days=days)))
+
+    def records(self) -> dict[str, Any]:
+        return asyncio.run(rows(self.settings))
+
+    def check(self) -> None:
+        self.sim.check(self.records())
+
+    def cluster(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.emulator.state()["clusters"] if c["id"].endswith("/" + name))
+
+
+@pytest.fixture
+def make_world(emulator: EmulatorControl, azurite: Azurite) -> Iterator[Any]:
+    def build(
+        clusters: list[dict[str, Any]], *, modes: dict[str, Any] | None = None, subscriptions: int = 1, **env: str
+    ) -> World:
+        world = World(emulator, azurite, estate(clusters, subscriptions=subscriptions), **env)
+        if modes:
+            emulator.set_modes(**modes)
+        return world
+
+    yield build
+    emulator.clear_faults()
+
+
+# -- the baseline: nothing unusual happens --------------------------------------------------------------------
+def test_quiet_weeks_rotate_everything_due_inside_the_window(make_world: Any) -> None:
+    world = make_world(
+        [{"name": "aks-a", "days": 10}, {"name": "aks-b", "days": 25, "on_sp": True}, {"name": "aks-c", "days": 200}],
+        MAINTENANCE_WINDOW="Sat,Sun 01:00-05:00",
+    )
+    world.run(21)
+    world.check()
+    records = world.records()
+    assert sorted(r.state for r in records.values()) == ["succeeded", "succeeded"]
+
+
+# -- AKS: a reset is a node image upgrade ---------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11.1: a reset that ends Failed after moving node pools to the new secret is cleaned up "
+    "(the new password is removed): the moved pools run on an invalid secret",
+)
+def test_half_failed_reset_never_loses_the_new_secret(make_world: Any, emulator: EmulatorControl) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}], modes={"node_image_upgrade": True})
+    emulator.add_faults({"kind": "lro_fail", "surface": "arm", "operation": "resetServicePrincipalProfile", "times": 1})
+    world.run(3)
+    world.check()
+
+
+# -- ARM: long-running operations as ARM sends them -----------------------------------------------------------
+@pytest.mark.parametrize(
+    "mode",
+    [
+        {"lro_location_only": True},
+        {"reset_sync_200": True},
+        pytest.param(
+            {"operation_url_form": "resourcegroup"},
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue 11.2: an operation URL under /resourceGroups/.../locations/ is refused as 'not an AKS "
+                "operation status URL': every rotation fails after the reset and leaks its password",
+            ),
+        ),
+        {"operation_url_form": "lowercase"},
+        {"invalid_secret_async": True},
+    ],
+    ids=lambda m: next(iter(m)) + ("=" + str(m[next(iter(m))]) if not isinstance(m[next(iter(m))], bool) else ""),
+)
+def test_operations_in_every_form_arm_uses(make_world: Any, mode: dict[str, Any]) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}], modes=mode)
+    world.run(3)
+    world.check()
+    assert world.cluster("aks-a")["heldKeyId"] != world.sim.initial["clusters"][0]["heldKeyId"]  # type: ignore[index]
+
+
+# -- cluster states -------------------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11.3: a stopped cluster is retried as 'busy' forever, without an alert before its secret "
+    "expires; when it is started again it runs on the expired secret",
+)
+def test_stopped_cluster_is_alerted_before_expiry(make_world: Any) -> None:
+    world = make_world([{"name": "aks-a", "days": 6}])
+    world.sim.at(world.sim.now(), world.sim.world("stop", cluster="aks-a"), "stop aks-a")
+    world.sim.after(timedelta(days=8), world.sim.world("start", cluster="aks-a"), "start aks-a")
+    world.run(9)
+    alerts = world.sim.alerts.about(world.cluster("aks-a")["id"])
+    assert any("start" in a.message.lower() for a in alerts), [a.message for a in alerts]
+    world.check()
+
+
+def test_cluster_deleted_mid_rotation_removes_the_new_password(make_world: Any) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}, {"name": "aks-b", "days": 200}])
+    world.sim.after(timedelta(hours=6, minutes=1), world.sim.world("delete", cluster="aks-a"), "delete aks-a")
+    world.run(3)
+    world.check()
+
+
+def test_cluster_busy_with_someone_elses_upgrade_is_waited_for(make_world: Any) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}])
+    world.sim.at(world.sim.now(), world.sim.world("busy", cluster="aks-a", state="Upgrading", seconds=86400), "busy")
+    world.run(4)
+    world.check()
+
+
+# -- waiting never outlives the secret ------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11.4: a maintenance-window wait can end after expiry - URGENT_DAYS (the wait is not bounded)",
+)
+def test_window_wait_ends_before_the_urgent_point(make_world: Any, emulator: EmulatorControl) -> None:
+    # Due at the first scan (under 5 days left, URGENT_DAYS=3); the only window opens in 6 days: after expiry.
+    now = datetime.fromisoformat(emulator.state()["now"].replace("Z", "+00:00"))
+    day = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[(now + timedelta(days=6)).weekday()]
+    world = make_world([{"name": "aks-a", "days": 5}], MAINTENANCE_WINDOW=f"{day} 23:00-23:59")
+    world.run(8)
+    world.check()
+
+
+# -- which password a cluster uses ----------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11.5: after someone runs update-credentials by hand with a newer, shorter password, Key Vault "
+    "still names the product's key and the cluster's real expiry is hidden",
+)
+def test_hand_rotation_outside_the_product_is_noticed(make_world: Any, emulator: EmulatorControl) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}])
+    world.run(2)  # the product rotates aks-a: Key Vault knows its key
+    cluster = world.cluster("aks-a")
+    added = emulator.world("credential_add", app_id=cluster["clientId"], days=20, display_name="by hand")
+    emulator.world("move", cluster="aks-a", app_id=cluster["clientId"], key_id=added["keyId"])
+    world.run(25)
+    world.check()
+
+
+# -- one rotation per cluster and credential ------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11.9: a Key Vault SecretNearExpiry event before THRESHOLD_DAYS records a skipped rotation "
+    "under the id every later scan uses: the credential is never rotated",
+)
+def test_skipped_rotation_does_not_block_the_next(make_world: Any) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}], THRESHOLD_DAYS="7", URGENT_DAYS="2")
+    world.run(2)  # rotated once: the new version expires in 180 days; Key Vault raises NearExpiry at 150
+    world.run(185)
+    world.check()
+
+
+# -- shared applications --------------------------------------------------------------------------------------
+def test_clusters_sharing_an_application_all_move_and_the_old_key_goes_last(make_world: Any) -> None:
+    world = make_world(
+        [
+            {"name": "aks-a", "days": 9, "app": "shared"},
+            {"name": "aks-b", "days": 9, "app": "shared", "subscription": 1},
+        ],
+        subscriptions=2,
+    )
+    world.run(4)
+    world.check()
+
+
+# -- transient trouble after the reset ------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11.8: throttling in finish is poisoned into 'failed' after the cluster switched: Key Vault never "
+    "learns the cluster's key",
+)
+def test_throttled_finish_is_waited_out(make_world: Any, emulator: EmulatorControl) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}])
+    emulator.add_faults(
+        {"kind": "status", "surface": "keyvault", "operation": "updateSecret", "status": 429, "times": 12}
+    )
+    world.run(3)
+    world.check()
+    assert {r.state for r in world.records().values()} == {"succeeded"}
