@@ -54,19 +54,13 @@ async def rotation_poison(msg: func.QueueMessage) -> None:
     await rotation.handle_poison(settings(), msg.get_body().decode("utf-8", errors="replace"))
 
 
-@app.event_grid_trigger(arg_name="event")
-async def keyvault_events(event: func.EventGridEvent) -> None:
-    """Key Vault SecretNearExpiry / SecretExpired → the same rotation messages the timer queues."""
+@app.queue_trigger(arg_name="msg", queue_name="keyvault-events", connection="AzureWebJobsStorage")
+async def keyvault_events(msg: func.QueueMessage) -> None:
+    """Key Vault SecretNearExpiry / SecretExpired → the same rotation messages the timer queues. Event Grid delivers
+    them to this Storage queue with its managed identity (infra/app/eventgrid.bicep): no public webhook."""
     from shared import events
 
-    envelope = {
-        "id": event.id,
-        "topic": event.topic,
-        "subject": event.subject,
-        "eventType": event.event_type,
-        "data": event.get_json(),
-    }
-    await events.handle_event(settings(), envelope)
+    await events.handle_event(settings(), msg.get_body())
 
 
 @app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)

@@ -16,6 +16,7 @@ import re
 import uuid
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -45,12 +46,18 @@ GET = ACTION_PREFIX + "getSecret/action"
 READ_METADATA = ACTION_PREFIX + "readMetadata/action"
 UPDATE = ACTION_PREFIX + "update/action"
 
+PRODUCT_VAULT_ROLE = "aks credential rotator secrets"
+
 # Data actions of the built-in Key Vault roles (Azure built-in roles reference, Security category).
 ROLE_DATA_ACTIONS: dict[str, tuple[str, ...]] = {
     "key vault administrator": ("Microsoft.KeyVault/vaults/*",),
     "key vault secrets officer": ("Microsoft.KeyVault/vaults/secrets/*",),
     "key vault secrets user": (GET, READ_METADATA),
     "key vault reader": ("Microsoft.KeyVault/vaults/*/read", READ_METADATA),
+    # The product's custom data role, as infra/ defines it (its name there also carries the environment).
+    PRODUCT_VAULT_ROLE: tuple(
+        json.loads((Path(__file__).resolve().parent.parent / "infra/app/vault-role-data-actions.json").read_text())
+    ),
 }
 ROLE_IDS = {
     "00482a5a-887f-4fb3-b363-3b7fe8e74483": "key vault administrator",

@@ -9,10 +9,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-# The product's custom role, as infra/ grants it: the estates give the product exactly these actions.
+from emulator.keyvault import PRODUCT_VAULT_ROLE
+
+# The product's custom roles, as infra/ grants them with certificate handling on (the default role plus the opt-in
+# certificate role): the estates give the product exactly these actions.
 ROTATOR_ARM_ACTIONS: tuple[str, ...] = tuple(
-    json.loads((Path(__file__).resolve().parent.parent / "infra" / "app" / "rotator-role-actions.json").read_text())
+    action
+    for name in ("rotator-role-actions.json", "rotator-cert-role-actions.json")
+    for action in json.loads((Path(__file__).resolve().parent.parent / "infra" / "app" / name).read_text())
 )
+
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 PRODUCT_APP_ID = "5f0c1d2e-3b4a-4c5d-8e6f-7a8b9c0d1e2f"
 VAULT = "rotator-kv"
@@ -37,7 +43,7 @@ def base(rng: random.Random, subscriptions: list[dict[str, Any]]) -> dict[str, A
             for s in subscriptions
         ],
         "graph_app_roles": {PRODUCT_APP_ID: ["Application.ReadWrite.OwnedBy"]},
-        "vault_roles": [{"principal": PRODUCT_APP_ID, "vault": VAULT, "role": "Key Vault Secrets Officer"}],
+        "vault_roles": [{"principal": PRODUCT_APP_ID, "vault": VAULT, "role": PRODUCT_VAULT_ROLE}],
         "applications": [],
         "clusters": [],
     }

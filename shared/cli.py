@@ -308,7 +308,7 @@ def event(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Deliver one Key Vault event locally (what the Event Grid trigger does)."""
+    """Deliver one Key Vault event locally (what the keyvault-events queue trigger does)."""
     outcome = _run(events.handle_event(_settings(), file.read()))
     if as_json:
         emit_json(outcome)

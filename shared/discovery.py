@@ -328,8 +328,8 @@ class _AppLookups:
 
 # -- collect: Key Vault ----------------------------------------------------------------------------------------
 _KV_FORBIDDEN = (
-    "Key Vault refused reading secret metadata ({detail}): the identity needs the role Key Vault Secrets Officer "
-    "on the rotator's vault"
+    "Key Vault refused reading secret metadata ({detail}): the identity needs the role AKS credential rotator "
+    "secrets (granted by infra/) on the rotator's vault"
 )
 
 

@@ -147,7 +147,7 @@ class EventOutcome:
 
 
 async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) -> EventOutcome:
-    """The Event Grid trigger: validate, map the secret to its cluster by our tags, queue through `submit`."""
+    """The Key Vault events trigger: validate, map the secret to its cluster by our tags, queue through `submit`."""
     try:
         event = parse_event(raw)
     except InvalidInput as exc:

@@ -3,9 +3,12 @@
 * `configure_logging()` installs one JSON-lines handler on the root logger (idempotent) and the `SecretRedactor`
   filter on every root handler, including handlers the Functions host installed before us.
 * `register_secret()` is called by the code that handles a new secret the moment it exists; from then on the
-  value is replaced by `***` wherever it would be logged: message, arguments, extra fields, exception text.
-  Well-known secret shapes (client_secret=, "secretText": "...", Bearer tokens, SAS sig=, AccountKey=, ...)
-  are redacted even when never registered.
+  value is replaced by `***` wherever it would be logged: message, arguments, extra fields, exception text; so are
+  its URL-encoded and base64 forms (also inside a longer base64 text), and a text that ends in the first part of it
+  (cut short before it reached us). Values are forgotten after `SECRET_TTL_SECONDS` or beyond `MAX_SECRETS`.
+  Callers that shorten text redact first, then truncate. Well-known secret shapes (client_secret=,
+  "secretText": "...", Bearer tokens, SAS sig=, AccountKey=, ..., also URL-encoded) are redacted even when never
+  registered.
 * `log_event()` / `alert()` write records with an `event` name that alert rules match on.
 
 This module is pure (no I/O beyond the stream it is given).
@@ -13,13 +16,15 @@ This module is pure (no I/O beyond the stream it is given).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import re
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import IO, Any, Final, Literal, cast
 from urllib.parse import quote
@@ -27,6 +32,7 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 __all__ = [
+    "ALERTED_EVENTS",
     "ALERT_EVENTS",
     "EVENT_CREDENTIAL_OVERDUE",
     "EVENT_INPUT_REJECTED",
@@ -34,6 +40,7 @@ __all__ = [
     "EVENT_ROTATION_BLOCKED",
     "EVENT_ROTATION_FAILED",
     "EVENT_ROTATION_POISON",
+    "EVENT_ROTATION_URGENT",
     "MASK",
     "AlertEvent",
     "JsonFormatter",
@@ -47,7 +54,9 @@ __all__ = [
 ]
 
 MASK: Final = "***"
-MAX_SECRETS: Final = 10_000
+MAX_SECRETS: Final = 50_000  # registered forms (each secret adds up to 8: plain, URL-encoded, base64 variants)
+# A secret shows up in logs around its own rotation; a value read back from Key Vault later is registered again.
+SECRET_TTL_SECONDS: Final = 3 * 24 * 3600
 MIN_SECRET_LENGTH: Final = 8  # shorter values would mangle ordinary log text; real secrets are far longer
 
 EVENT_ROTATION_FAILED: Final = "rotation.failed"
@@ -56,6 +65,7 @@ EVENT_CREDENTIAL_OVERDUE: Final = "credential.overdue"
 EVENT_KEYVAULT_SECRET_EXPIRED: Final = "keyvault.secret_expired"  # noqa: S105 (an event name)
 EVENT_ROTATION_BLOCKED: Final = "rotation.blocked"  # waiting on something only a person can fix, or kept both
 EVENT_INPUT_REJECTED: Final = "input.rejected"  # log_event at WARNING, not an alert
+EVENT_ROTATION_URGENT: Final = "rotation.urgent"  # applied outside the maintenance window (rotation.py)
 
 AlertEvent = Literal[
     "rotation.failed", "rotation.poison", "rotation.blocked", "credential.overdue", "keyvault.secret_expired"
@@ -69,6 +79,9 @@ ALERT_EVENTS: Final = frozenset(
         EVENT_KEYVAULT_SECRET_EXPIRED,
     }
 )
+# Every event an alert rule in infra/app/alerts.bicep watches: the alert-level records plus two that are not failures
+# but must reach a human (a forced node image upgrade; rejected input, a bug or someone probing).
+ALERTED_EVENTS: Final = ALERT_EVENTS | {EVENT_ROTATION_URGENT, EVENT_INPUT_REJECTED}
 
 # --------------------------------------------------------------------------------------------------------------
 # Redaction
@@ -96,45 +109,77 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"(?i)\b(?P<k>bearer|basic)\s+[A-Za-z0-9\-._~+/]{16,}=*"), r"\g<k> " + MASK),
     # Unlabelled JWTs.
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),
-    # key=value forms: client_secret=..., password: ..., connection-string AccountKey=..., SAS sig=...
+    # key=value forms: client_secret=..., password: ..., connection-string AccountKey=..., SAS sig=..., and the same
+    # URL-encoded (client_secret%3D..., sig%3D...).
     (
         re.compile(
-            r"(?i)(?<![A-Za-z0-9_])(?P<k>(?:client_secret|client_assertion|password|access_token|refresh_token"
-            r"|accountkey|sharedaccesskey|sharedaccesssignature)\s*[=:]\s*|sig=)(?P<v>[^&;\s\"',}]+)"
+            r"(?i)(?:(?<![A-Za-z0-9_])|(?<=%26)|(?<=%3F)|(?<=%3B))(?P<k>(?:client_secret|client_assertion|password|access_token|refresh_token"
+            r"|accountkey|sharedaccesskey|sharedaccesssignature)(?:\s*[=:]\s*|%3[DA](?:%20)*)|sig(?:=|%3D))"
+            r"(?P<v>[^&;\s\"',}]+)"
         ),
         r"\g<k>" + MASK,
+    ),
+    # URL-encoded JSON: %22secretText%22%3A%22...%22
+    (
+        re.compile(r"(?i)(?P<k>%22(?:" + _QUOTED_KEYS + r")%22(?:%3A|:)(?:%20|\s)*%22)(?:(?!%22).)*%22"),
+        r"\g<k>" + MASK + "%22",
     ),
 )
 
 
 class _Registry:
-    """Process-wide, bounded set of known secret values (oldest forgotten first)."""
+    """Process-wide set of known secret values, bounded by age (`ttl_seconds`) and by count (oldest go first)."""
 
     _PREFIX = MIN_SECRET_LENGTH
     _SCAN_THRESHOLD = 32  # above this many values, index by prefix instead of searching for each
+    _TAIL_MIN = 12  # a shorter cut-off beginning is too likely to be ordinary text ("preflight-" starts the probe)
 
-    def __init__(self, capacity: int = MAX_SECRETS) -> None:
+    def __init__(
+        self,
+        capacity: int = MAX_SECRETS,
+        ttl_seconds: float = SECRET_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._capacity = capacity
+        self._ttl = ttl_seconds
+        self._clock = clock
         self._lock = threading.Lock()
-        self._values: dict[str, None] = {}  # insertion-ordered
+        self._values: dict[str, float] = {}  # value -> expiry; ordered by (re-)registration, so by expiry too
         self._snapshot: tuple[str, ...] = ()
         self._index: dict[str, tuple[str, ...]] = {}
+        self._longest = 0
+        self._earliest = float("inf")
 
     def add(self, value: str) -> bool:
-        if len(value) < MIN_SECRET_LENGTH:
-            return False
+        return self.add_all((value,)) > 0
+
+    def add_all(self, values: Iterable[str]) -> int:
+        """Register every value long enough; returns how many were. One rebuild for all of them."""
+        wanted = [v for v in values if len(v) >= MIN_SECRET_LENGTH]
+        if not wanted:
+            return 0
         with self._lock:
-            self._values.pop(value, None)
-            self._values[value] = None
+            now = self._clock()
+            for value in wanted:
+                self._values.pop(value, None)
+                self._values[value] = now + self._ttl
+            self._forget(now)
             while len(self._values) > self._capacity:
                 del self._values[next(iter(self._values))]
             self._rebuild()
-        return True
+        return len(wanted)
 
     def clear(self) -> None:
         with self._lock:
             self._values.clear()
             self._rebuild()
+
+    def _forget(self, now: float) -> None:
+        while self._values:
+            oldest = next(iter(self._values))
+            if self._values[oldest] > now:
+                break
+            del self._values[oldest]
 
     def _rebuild(self) -> None:
         values = tuple(sorted(self._values, key=len, reverse=True))  # longest first: no partial masks
@@ -143,11 +188,21 @@ class _Registry:
             index.setdefault(value[: self._PREFIX], []).append(value)
         self._snapshot = values
         self._index = {prefix: tuple(group) for prefix, group in index.items()}
+        self._longest = len(values[0]) if values else 0
+        self._earliest = next(iter(self._values.values()), float("inf"))
 
     def __len__(self) -> int:
+        if self._clock() >= self._earliest:
+            with self._lock:
+                self._forget(self._clock())
+                self._rebuild()
         return len(self._snapshot)
 
     def redact(self, text: str) -> str:
+        if self._clock() >= self._earliest:
+            with self._lock:
+                self._forget(self._clock())
+                self._rebuild()
         values, index = self._snapshot, self._index  # consistent view without the lock
         if not values or len(text) < MIN_SECRET_LENGTH:
             return text
@@ -155,16 +210,38 @@ class _Registry:
             for value in values:
                 if value in text:
                     text = text.replace(value, MASK)
-            return text
-        found: set[str] = set()
+        else:
+            found: set[str] = set()
+            width = self._PREFIX
+            for i in range(len(text) - width + 1):
+                group = index.get(text[i : i + width])
+                if group:
+                    found.update(value for value in group if text.startswith(value, i))
+            for value in sorted(found, key=len, reverse=True):
+                text = text.replace(value, MASK)
+        return self._cut_tail(text, index)
+
+    def _cut_tail(self, text: str, index: Mapping[str, tuple[str, ...]]) -> str:
+        """Mask a text's end that is the beginning of a known value (the text was cut short before reaching us)."""
         width = self._PREFIX
-        for i in range(len(text) - width + 1):
-            group = index.get(text[i : i + width])
-            if group:
-                found.update(value for value in group if text.startswith(value, i))
-        for value in sorted(found, key=len, reverse=True):
-            text = text.replace(value, MASK)
+        for i in range(max(0, len(text) - self._longest), len(text) - self._TAIL_MIN + 1):
+            tail = text[i:]
+            if any(value.startswith(tail) for value in index.get(text[i : i + width], ())):
+                return text[:i] + MASK
         return text
+
+
+def _encoded_forms(plain: str) -> set[str]:
+    """How `plain` can appear encoded: URL-encoded, and base64 (standard and URL-safe alphabet) at each of the three
+    byte offsets it can have inside a longer base64 text, keeping only the characters that depend on it alone."""
+    forms = {quote(plain, safe="")}
+    raw = plain.encode("utf-8")
+    for offset, first in ((0, 0), (1, 2), (2, 3)):  # leading characters that mix in the preceding bytes
+        last = 8 * (offset + len(raw)) // 6  # characters made only of this value's bits
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            forms.add(encode(b"\0" * offset + raw).decode("ascii")[first:last])
+    forms.discard(plain)
+    return forms
 
 
 _REGISTRY: Final = _Registry()
@@ -174,16 +251,14 @@ def register_secret(value: str | SecretStr | None) -> bool:
     """Remember a secret value so it is masked in every log record from now on.
 
     Call it the moment a secret exists (e.g. right after addPassword returns). Values shorter than
-    MIN_SECRET_LENGTH are not registered (returns False). The URL-encoded form is registered too.
+    MIN_SECRET_LENGTH are not registered (returns False). Its URL-encoded and base64 forms are registered too.
     """
     if value is None:
         return False
     plain = value.get_secret_value() if isinstance(value, SecretStr) else value
-    added = _REGISTRY.add(plain)
-    encoded = quote(plain, safe="")
-    if added and encoded != plain:
-        _REGISTRY.add(encoded)
-    return added
+    if len(plain) < MIN_SECRET_LENGTH:
+        return False
+    return _REGISTRY.add_all((plain, *_encoded_forms(plain))) > 0
 
 
 def clear_secrets() -> None:

@@ -10,8 +10,9 @@ the exact command that grants what is missing (docs/permissions.md lists the sam
 * Graph, per service-principal cluster: the product's service principal (the Graph token's `oid`) owns the
   cluster's application, and also its service principal when the secret is held there;
 * Key Vault: listing secret properties works (readMetadata), and setting then updating the probe secret
-  `aks-rotator-preflight` works. **This is the one thing preflight writes**: a new version of that secret (value
-  random, tag `purpose=aks-rotator-preflight`, no `managed-by` tag so nothing else acts on it) per run.
+  `aks-rotator-preflight` works. **This is the one thing preflight writes**: one version of that secret on the
+  first run (value random, tag `purpose=aks-rotator-preflight`, no `managed-by` tag so nothing else acts on it);
+  later runs only update that version's tags.
 
 `adopt` is run once by an administrator (Azure CLI login, or `AKS_ROTATOR_ADMIN_CLIENT_ID` /
 `AKS_ROTATOR_ADMIN_CLIENT_SECRET`): it adds the product's service principal as an owner of each cluster's
@@ -27,6 +28,7 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -52,6 +54,7 @@ from shared.azure import (
     secret_client,
     secret_credential,
 )
+from shared.cluster_tags import certificates_opted_in
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
 from shared.logs import register_secret
 from shared.resource_graph import ResourceGraphError, ResourceGraphRefused, query_clusters
@@ -59,6 +62,7 @@ from shared.settings import Settings
 from shared.vault import vault_name
 
 __all__ = [
+    "CERT_ARM_ACTIONS",
     "PROBE_SECRET",
     "REQUIRED_ARM_ACTIONS",
     "AdoptAction",
@@ -98,12 +102,14 @@ REQUIRED_ARM_ACTIONS: tuple[str, ...] = (
     "Microsoft.ContainerService/managedClusters/read",
     "Microsoft.ContainerService/managedClusters/maintenanceConfigurations/read",
     "Microsoft.ContainerService/managedClusters/resetServicePrincipalProfile/action",
-    "Microsoft.ContainerService/managedClusters/rotateClusterCertificates/action",
-    "Microsoft.ContainerService/managedClusters/listClusterUserCredential/action",
     "Microsoft.ContainerService/locations/operations/read",
-    "Microsoft.ContainerService/locations/operationresults/read",
     "Microsoft.Resources/subscriptions/read",
-    "Microsoft.Resources/subscriptions/resourceGroups/read",
+)
+# The opt-in certificate role (`infra/app/rotator-cert-role-actions.json`), needed only on clusters whose
+# certificates the product handles (infra parameter certificateRotationEnabled).
+CERT_ARM_ACTIONS: tuple[str, ...] = (
+    "Microsoft.ContainerService/managedClusters/listClusterUserCredential/action",
+    "Microsoft.ContainerService/managedClusters/rotateClusterCertificates/action",
 )
 ROLE_ACTIONS_FILE = Path(__file__).resolve().parent.parent / "infra" / "app" / "rotator-role-actions.json"
 
@@ -488,8 +494,9 @@ async def _check_arm(
         except (AksError, AzureError) as exc:
             results[cluster.id] = Finding(cluster.id, CHECK_ARM_ACTIONS, False, f"cannot read permissions: {exc}", fix)
             return
-        allowed = effective_actions(blocks, wanted)
-        missing = [a for a in wanted if a not in allowed]
+        needed = (*wanted, *CERT_ARM_ACTIONS) if certificates_opted_in(settings, cluster) else wanted
+        allowed = effective_actions(blocks, needed)
+        missing = [a for a in needed if a not in allowed]
         results[cluster.id] = Finding(
             cluster.id, CHECK_ARM_ACTIONS, not missing, ", ".join(missing), fix if missing else ""
         )
@@ -595,24 +602,36 @@ async def _check_vault(
             error = failed(CHECK_VAULT_LIST, KV_READ_METADATA, exc)
         out.append(error or Finding(scope, CHECK_VAULT_LIST, True))
 
-        value = "preflight-" + secrets.token_urlsafe(24)
-        register_secret(value)
+        # Only the first run writes a version; later runs re-tag the newest one (no version pile-up, no events).
         tags = {PROBE_TAG[0]: PROBE_TAG[1]}
         error = None
+        version: str | None = None
+        note = f"re-tagged probe secret {PROBE_SECRET}; setSecret not re-checked (no new version written)"
         try:
-            stored = await client.set_secret(
-                PROBE_SECRET, value, content_type="text/plain; aks-rotator-probe", tags=tags
-            )
-        except AzureError as exc:
-            error = failed(CHECK_VAULT_WRITE, KV_SET, exc)
-        else:
+            existing = [p async for p in client.list_properties_of_secret_versions(PROBE_SECRET)]
+            newest = max(existing, key=lambda p: p.created_on or datetime.min.replace(tzinfo=UTC), default=None)
+            version = newest.version if newest is not None else None
+        except AzureError:
+            version = None  # not there yet (or unreadable): set_secret below reports what is missing
+        if version is None:
+            value = "preflight-" + secrets.token_urlsafe(24)
+            register_secret(value)
+            note = f"wrote probe secret {PROBE_SECRET} (first run; later runs write no new version)"
+            try:
+                stored = await client.set_secret(
+                    PROBE_SECRET, value, content_type="text/plain; aks-rotator-probe", tags=tags
+                )
+                version = stored.properties.version
+            except AzureError as exc:
+                error = failed(CHECK_VAULT_WRITE, KV_SET, exc)
+            del value
+        if error is None:
             try:
                 checked = {**tags, "checked": clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")}
-                await client.update_secret_properties(PROBE_SECRET, stored.properties.version, tags=checked)
+                await client.update_secret_properties(PROBE_SECRET, version, tags=checked)
             except AzureError as exc:
                 error = failed(CHECK_VAULT_WRITE, KV_UPDATE, exc)
-        del value
-        out.append(error or Finding(scope, CHECK_VAULT_WRITE, True, note=f"wrote probe secret {PROBE_SECRET}"))
+        out.append(error or Finding(scope, CHECK_VAULT_WRITE, True, note=note))
     return out
 
 

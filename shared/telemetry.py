@@ -2,6 +2,8 @@
 
 Exporting is switched on only when `APPLICATIONINSIGHTS_CONNECTION_STRING` is set; otherwise the OpenTelemetry
 API is a no-op and instrumentation costs nothing. Attributes carry ids and numbers only, never secret values.
+Whatever else reaches the exporter (spans of the Azure SDKs with their exception events, log records however they
+got to the exporter's handler) passes `RedactingSpanProcessor` / `RedactingLogRecordProcessor` first.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.sdk._logs import LogRecordProcessor, ReadWriteLogRecord
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from shared.logs import redact
@@ -41,10 +45,49 @@ def configure(settings: Settings) -> bool:
     configure_azure_monitor(
         connection_string=settings.appinsights_connection_string.get_secret_value(),
         logger_name="shared",
+        # Run before the exporter's own processors (azure-monitor-opentelemetry adds custom processors first).
+        span_processors=[RedactingSpanProcessor()],
+        log_record_processors=[RedactingLogRecordProcessor()],
         **kwargs,
     )
     _configured = True
     return True
+
+
+def _redacted(attributes: Any) -> dict[str, Any]:
+    return {key: redact(value) if isinstance(value, str) else value for key, value in (attributes or {}).items()}
+
+
+class RedactingSpanProcessor(SpanProcessor):
+    """Redacts a finished span's status message, string attributes and events (exception.message and
+    exception.stacktrace of spans the Azure SDKs record) before the exporting processors that follow see it.
+
+    OpenTelemetry hands every processor the same ReadableSpan, which has no public setters; its fields are replaced
+    here (tests/test_telemetry.py checks this against the installed SDK)."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        span._attributes = _redacted(span.attributes)
+        span._events = tuple(Event(event.name, _redacted(event.attributes), event.timestamp) for event in span.events)
+        if span.status.description:
+            span._status = Status(span.status.status_code, redact(span.status.description))
+
+
+class RedactingLogRecordProcessor(LogRecordProcessor):
+    """Redacts a log record's body and string attributes (exception text included) before it is exported."""
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        record = log_record.log_record
+        if isinstance(record.body, str):
+            record.body = redact(record.body)
+        for key, value in list((record.attributes or {}).items()):
+            if isinstance(value, str):
+                record.attributes[key] = redact(value)  # type: ignore[index]
+
+    def shutdown(self) -> None:
+        """Nothing to flush."""
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
 
 
 @contextmanager

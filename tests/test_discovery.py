@@ -388,7 +388,7 @@ def test_missing_key_vault_role(emulator: EmulatorControl, settings: Settings) -
     doc = seeds.demo()
     doc["vault_roles"] = []
     _reset(emulator, doc)
-    with pytest.raises(DiscoveryError, match="Key Vault Secrets Officer"):
+    with pytest.raises(DiscoveryError, match="AKS credential rotator secrets"):
         _scan(settings)
     assert _queued(settings) == [] and _rows(settings) == []
 

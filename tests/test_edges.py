@@ -1,7 +1,7 @@
 """Hardened edges: every entry point against random and adversarial input, through the real code paths.
 
 One emulator and one Azurite serve the whole module; every test gets its own queue and tables. The four entry
-points are the queue trigger (`rotation.handle_message`), the Event Grid trigger (`events.handle_event`, both the
+points are the queue trigger (`rotation.handle_message`), the Key Vault events trigger (`events.handle_event`, both the
 host's envelope and the CLI's raw text), the HTTP body (`api.request_rotation`) and the app settings
 (`Settings.from_env`). For each, hypothesis throws wrong types, huge strings, unicode and NUL, injection-looking
 ids, other tenants' and other subscriptions' ids, replays and stale versions at it, and every example checks:

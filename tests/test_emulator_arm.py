@@ -21,6 +21,7 @@ from emulator.sandbox import EmulatorControl
 from emulator.seeds import ROTATOR_ARM_ACTIONS
 from shared.azure import container_service, product_credential
 from shared.settings import Settings
+from tests.plugins.emulator import grant_sdk_poller
 
 T = TypeVar("T")
 NEW_KEY = "aaaaaaaa-0000-4000-8000-000000000001"
@@ -51,9 +52,10 @@ def _demo_with_new_password(lro_seconds: float = 0.0) -> tuple[dict[str, Any], d
 
 
 def _reset(emulator: EmulatorControl, doc: dict[str, Any]) -> None:
-    """Reset to `doc`, keeping the product identity the session's settings were built with."""
+    """Reset to `doc`, keeping the product identity the session's settings were built with; these wire tests drive
+    the SDK's own LRO poller, so the identity also holds what it reads (`grant_sdk_poller`)."""
     doc["product"]["secret"] = emulator.ready["client_secret"]
-    emulator.reset(doc)
+    emulator.reset(grant_sdk_poller(doc))
 
 
 def _truth_cluster(emulator: EmulatorControl, name: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from emulator import seeds
 from emulator.sandbox import EmulatorControl
 from shared.azure import container_service, product_credential
 from shared.settings import Settings
+from tests.plugins.emulator import grant_sdk_poller
 
 T = TypeVar("T")
 NEW_KEY = "cccccccc-0000-4000-8000-000000000003"
@@ -36,7 +37,8 @@ def _run(settings: Settings, sub: str, body: Callable[[ContainerServiceClient], 
 
 
 def _estate(emulator: EmulatorControl, lro_seconds: float = 0.0, pools: int = 1) -> dict[str, Any]:
-    doc = seeds.demo()
+    """The demo estate; these tests drive the SDK's own LRO poller, so the identity holds what it reads."""
+    doc = grant_sdk_poller(seeds.demo())
     doc["product"]["secret"] = emulator.ready["client_secret"]
     doc["lro"] = {"base_seconds": lro_seconds, "per_node_seconds": 0}
     cluster = next(c for c in doc["clusters"] if c["name"] == "aks-payments")

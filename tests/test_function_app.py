@@ -1,8 +1,8 @@
 """function_app.py: registration and bindings, then the whole pipeline through the very functions the host calls.
 
 The Functions host cannot run here, so the end-to-end test plays its part: a real TimerRequest starts the scan,
-real QueueMessage objects carry what Azurite holds (decoded as the host decodes base64), real HttpRequest and
-EventGridEvent objects hit the HTTP and Event Grid functions.
+real QueueMessage objects carry what Azurite holds (decoded as the host decodes base64) and the Key Vault events
+Event Grid writes to its queue, real HttpRequest objects hit the HTTP functions.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def test_trigger_bindings(functions: dict[str, dict[str, Any]]) -> None:
     assert (shard["type"], shard["queueName"]) == ("queueTrigger", "%ROTATION_QUEUE%-scan")
     poison = _trigger(functions["rotation_poison"])
     assert poison["queueName"] == "%ROTATION_QUEUE%-poison"
-    assert _trigger(functions["keyvault_events"])["type"] == "eventGridTrigger"
+    events_queue = _trigger(functions["keyvault_events"])
+    assert (events_queue["type"], events_queue["queueName"]) == ("queueTrigger", "keyvault-events")
     status = _trigger(functions["http_status"])
     assert (status["type"], status["route"], status["methods"], status["authLevel"]) == (
         "httpTrigger",
@@ -186,24 +187,29 @@ def test_http_rotation_request_rejects_bad_bodies_and_changes_nothing(
 def test_event_for_a_secret_the_product_does_not_own_is_ignored(
     function_app_module: Any, app_env: dict[str, str], emulator: EmulatorControl
 ) -> None:
+    """Event Grid writes one event per message to the keyvault-events queue (EventGridSchema); the trigger passes
+    the bytes on unchanged: a secret the product does not own changes nothing, and a malformed body is rejected."""
     emulator.clear_requests()
     sub = seeds.demo()["subscriptions"][0]["id"]
-    event = func.EventGridEvent(
-        id="7b1f3c2a-0000-4000-8000-000000000001",
-        topic=f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/rotator-kv",
-        subject="someone-elses-secret",
-        event_type="Microsoft.KeyVault.SecretNearExpiry",
-        event_time=None,
-        data_version="1",
-        data={
+    body = {
+        "id": "7b1f3c2a-0000-4000-8000-000000000002",
+        "topic": f"/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/rotator-kv",
+        "subject": "someone-elses-secret",
+        "eventType": "Microsoft.KeyVault.SecretNearExpiry",
+        "eventTime": "2026-11-29T00:00:00Z",
+        "dataVersion": "1",
+        "data": {
             "Id": "https://rotator-kv.vault.azure.net/secrets/someone-elses-secret/0123456789abcdef0123456789abcdef",
             "VaultName": "rotator-kv",
             "ObjectType": "Secret",
             "ObjectName": "someone-elses-secret",
             "Version": "0123456789abcdef0123456789abcdef",
             "NBF": None,
-            "EXP": "1795478400",
+            "EXP": 1795478400,
         },
-    )
-    asyncio.run(function_app_module.keyvault_events(event))
+    }
+    asyncio.run(function_app_module.keyvault_events(QueueMessage(body=json.dumps(body).encode())))
+    assert emulator.requests().get("keyvault.getSecretVersions", 0) >= 1  # it looked the secret up in Key Vault
+    assert emulator.requests().get("mutations", 0) == 0
+    asyncio.run(function_app_module.keyvault_events(QueueMessage(body=b"\xff not an event")))  # rejected
     assert emulator.requests().get("mutations", 0) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ from pydantic import SecretStr
 from shared import logs
 from shared.logs import (
     ALERT_EVENTS,
+    ALERTED_EVENTS,
     MASK,
     JsonFormatter,
     SecretRedactor,
@@ -222,6 +224,51 @@ def test_unformattable_arguments_do_not_raise_or_leak(stream: io.StringIO) -> No
     assert "unformattable" in lines(stream)[0]["msg"]
 
 
+@pytest.mark.parametrize("prefix", [b"", b"a", b"ab", b"client:"])
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
+def test_base64_forms_are_masked_at_any_offset(prefix: bytes, encode: Any) -> None:
+    """A secret inside a base64 blob (Basic auth, an encoded body) is masked wherever it starts in the blob."""
+    secret = "Zq8Q~a+b/c?d.Kx_93hJ-2LpWvN0aBcD"
+    register_secret(secret)
+    blob = encode(prefix + secret.encode() + b" and more").decode()
+    redacted = redact(f"Authorization-ish {blob}")
+    assert MASK in redacted
+    whole = encode(secret.encode()).decode().rstrip("=")
+    for start in range(len(whole) - 12):  # no 12 characters of the secret's own encoding survive
+        assert whole[start : start + 12] not in redacted
+
+
+def test_text_cut_short_inside_a_secret_is_masked_from_there() -> None:
+    secret = "preflight-" + "Q" * 30
+    register_secret(secret)
+    assert redact(f"detail: {secret[:20]}") == f"detail: {MASK}"
+    assert redact(f"{'x' * 180}{secret}"[:200]) == "x" * 180 + MASK  # truncated before redaction: still masked
+    assert redact("running preflight-") == "running preflight-"  # too short to be more than ordinary text
+
+
+def test_truncating_after_redacting_leaves_nothing_of_the_secret() -> None:
+    register_secret(CANARY)
+    text = "y" * 195 + CANARY
+    assert CANARY[:5] not in redact(text)[:200]
+
+
+def test_registry_forgets_values_after_their_time() -> None:
+    now = [1000.0]
+    registry = logs._Registry(capacity=100, ttl_seconds=60, clock=lambda: now[0])
+    registry.add("old-secret-value-1")
+    now[0] += 30
+    registry.add("newer-secret-value-2")
+    assert registry.redact("old-secret-value-1 newer-secret-value-2") == f"{MASK} {MASK}"
+    now[0] += 31  # the first is 61 s old
+    assert registry.redact("old-secret-value-1 newer-secret-value-2") == f"old-secret-value-1 {MASK}"
+    assert len(registry) == 1
+    registry.add("newer-secret-value-2")  # registering again restarts its clock
+    now[0] += 59
+    assert registry.redact("newer-secret-value-2") == MASK
+    now[0] += 2
+    assert len(registry) == 0 and registry.redact("newer-secret-value-2") == "newer-secret-value-2"
+
+
 def test_registry_is_bounded_and_forgets_oldest(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = logs._Registry(capacity=50)
     values = [f"secret-value-{i:04d}-padding" for i in range(60)]
@@ -262,6 +309,12 @@ def test_large_registry_still_masks_longest_match() -> None:
         ),
         ("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY----- tail", "*** tail"),
         ("password=hunter22 user=x", "password=*** user=x"),
+        ("grant_type=x&client_secret%3Dabc%2Bdef%26scope%3Dy", "grant_type=x&client_secret%3D***"),
+        ("q?sv%3D1%26sig%3DAbC%252B", "q?sv%3D1%26sig%3D***"),
+        (
+            "body=%7B%22secretText%22%3A%22Zq8~abc%22%2C%22keyId%22%3A%22k%22%7D",
+            "body=%7B%22secretText%22%3A%22***%22%2C%22keyId%22%3A%22k%22%7D",
+        ),
         ("basic checks passed; signature=ok; value 5", "basic checks passed; signature=ok; value 5"),
     ],
 )
@@ -334,3 +387,4 @@ def test_alert_events_are_the_documented_five() -> None:
         "credential.overdue",
         "keyvault.secret_expired",
     } == ALERT_EVENTS
+    assert ALERT_EVENTS | {"rotation.urgent", "input.rejected"} == ALERTED_EVENTS

@@ -111,7 +111,10 @@ def _failures(report: PreflightReport, check: str | None = None) -> list[Finding
 def test_required_actions_are_the_role_file() -> None:
     on_disk = tuple(json.loads((ROOT / "infra/app/rotator-role-actions.json").read_text()))
     assert permissions.required_actions() == on_disk
-    assert on_disk == permissions.REQUIRED_ARM_ACTIONS == ROTATOR_ARM_ACTIONS
+    assert on_disk == permissions.REQUIRED_ARM_ACTIONS
+    cert_role = tuple(json.loads((ROOT / "infra/app/rotator-cert-role-actions.json").read_text()))
+    assert cert_role == permissions.CERT_ARM_ACTIONS
+    assert on_disk + cert_role == ROTATOR_ARM_ACTIONS  # the emulator grants both roles
     assert permissions.required_actions(ROOT / "no-such-file.json") == permissions.REQUIRED_ARM_ACTIONS
 
 
@@ -203,6 +206,18 @@ def test_preflight_ok_on_the_documented_roles(emulator: EmulatorControl, emu_set
     assert len(probe) == 1 and probe[0]["tags"]["purpose"] == "aks-rotator-preflight"
     assert "managed-by" not in probe[0]["tags"]
     json.dumps(report.to_json())
+
+
+def test_a_second_preflight_writes_no_new_secret_version(emulator: EmulatorControl, emu_settings: Settings) -> None:
+    _reset(emulator, _doc())
+    assert _preflight(emu_settings).ok
+    second = _preflight(emu_settings)
+    assert second.ok, second.rows()
+    vault = next(v for v in emulator.state()["vaults"] if v["name"] == seeds.VAULT)
+    (probe,) = vault["secrets"][PROBE_SECRET]
+    assert "checked" in probe["tags"]
+    (write,) = [f for f in second.findings if f.check == CHECK_VAULT_WRITE]
+    assert "no new version" in write.note
 
 
 def test_preflight_names_exactly_the_missing_arm_action(emulator: EmulatorControl, emu_settings: Settings) -> None:

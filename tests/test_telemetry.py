@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from typing import Any
 
 import pytest
 from opentelemetry import metrics, trace
@@ -99,3 +101,75 @@ def test_a_failing_span_exports_the_error_type_and_a_redacted_message_only() -> 
     assert span.status.description == "RuntimeError: AKS said no to ***"
     assert span.events == () or all(e.name != "exception" for e in span.events)
     assert canary not in span.to_json()
+
+
+def test_exported_spans_pass_the_redacting_processor_first() -> None:
+    """What the Azure SDKs record (exception events with message and stack, attributes) is redacted before export."""
+    canary = "canary-sdk-span~9b2e4f1a7c"
+    register_secret(canary)
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(telemetry.RedactingSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    tracer = provider.get_tracer("azure-sdk-like")
+    with pytest.raises(ValueError), tracer.start_as_current_span("KeyVault.set_secret") as current:
+        current.set_attribute("http.url", f"https://v.vault.azure.net/?x={canary}")
+        current.set_attribute("http.status_code", 400)
+        raise ValueError(f"Key Vault said: {canary}")
+    (span,) = exported.get_finished_spans()
+    events = [e for e in span.events if e.name == "exception"]
+    assert events and "***" in str(dict(events[0].attributes or {}))  # the event is kept, its text redacted
+    assert dict(span.attributes or {})["http.status_code"] == 400
+    assert canary not in span.to_json()
+
+
+def test_exported_log_records_pass_the_redacting_processor_first() -> None:
+    """A record reaching the exporter's handler without the logging filter (added later, another logger) still
+    leaves redacted, exception text included."""
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    canary = "canary-log-record~4c8d2a6e1f"
+    register_secret(canary)
+    exported = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(telemetry.RedactingLogRecordProcessor())
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exported))
+    log = logging.getLogger("unfiltered-exporter-test")
+    handler = LoggingHandler(logger_provider=provider)
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        try:
+            raise RuntimeError(f"graph said {canary}")
+        except RuntimeError:
+            log.exception("failed with %s", canary)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    (record,) = exported.get_finished_logs()
+    rendered = json.dumps({"body": record.log_record.body, "attributes": dict(record.log_record.attributes or {})})
+    assert "***" in rendered and canary not in rendered
+
+
+def test_configure_puts_the_redacting_processors_in_front_of_the_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    import azure.monitor.opentelemetry
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(azure.monitor.opentelemetry, "configure_azure_monitor", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(telemetry, "_configured", False)
+    settings = Settings.from_env(
+        {
+            "AZURE_TENANT_ID": "00000000-0000-0000-0000-00000000000a",
+            "AZURE_CLIENT_ID": "00000000-0000-0000-0000-00000000000b",
+            "AZURE_CLIENT_SECRET": "local-app-registration-secret",  # no managed identity outside Azure
+            "KEY_VAULT_URL": "https://v.vault.azure.net",
+            "AzureWebJobsStorage__accountName": "st",
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-0000-0000-000000000000",
+        }
+    )
+    assert telemetry.configure(settings)
+    assert [type(p) for p in seen["span_processors"]] == [telemetry.RedactingSpanProcessor]
+    assert [type(p) for p in seen["log_record_processors"]] == [telemetry.RedactingLogRecordProcessor]
+    assert seen["logger_name"] == "shared"

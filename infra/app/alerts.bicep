@@ -1,9 +1,12 @@
-// Log alerts on the product's alert-level records: traces whose customDimensions.event is one of the
-// contract names in docs/operations.md.
+// Log alerts on the product's records (traces whose customDimensions.event is one of the contract names in
+// docs/operations.md, shared/logs.py ALERTED_EVENTS) and on Key Vault secret reads by anyone but the product.
 param location string
 param tags object
 param prefix string
 param appInsightsId string
+param logAnalyticsWorkspaceId string
+@description('Object id of the product identity: its own secret reads are expected.')
+param productPrincipalId string
 @description('E-mail receiver for the action group; empty = alerts fire in the portal only.')
 param alertEmail string = ''
 
@@ -48,7 +51,35 @@ var rules = [
     window: 'PT15M'
     description: 'Key Vault reported SecretExpired for a secret the rotator manages. See docs/operations.md.'
   }
+  {
+    name: 'urgent'
+    event: 'rotation.urgent'
+    severity: 2
+    frequency: 'PT5M'
+    window: 'PT15M'
+    description: 'A rotation is applied outside the maintenance window (node image upgrade): the key expires soon. See docs/operations.md.'
+  }
+  {
+    name: 'input-rejected'
+    event: 'input.rejected'
+    severity: 3
+    frequency: 'PT15M'
+    window: 'PT1H'
+    description: 'Input (queue message, event, HTTP body) was rejected: a bug or someone probing. See docs/security.md.'
+  }
 ]
+
+// Key Vault AuditEvent rows (keyvault.bicep diagnostics) land in AzureDiagnostics. The caller's object id is in
+// identity_claim_oid_g (older workspaces: the long claim-URI column); column_ifexists keeps the query valid on a
+// workspace that has no Key Vault rows yet.
+var secretReadQuery = '''
+AzureDiagnostics
+| where ResourceProvider == "MICROSOFT.KEYVAULT" and Category == "AuditEvent"
+| where OperationName in ("SecretGet", "SecretBackup")
+| extend caller = tostring(coalesce(column_ifexists("identity_claim_oid_g", ""), column_ifexists("identity_claim_http_schemas_microsoft_com_identity_claims_objectidentifier_g", "")))
+| where caller != "{0}"
+'''
+
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(alertEmail)) {
   name: 'ag-${prefix}'
@@ -104,3 +135,43 @@ resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for r
     }
   }
 }]
+
+resource secretReadAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${prefix}-secret-read'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: '${prefix}: Key Vault secret read by someone other than the rotator'
+    description: 'A secret value was read from the rotator vault by an identity that is not the product. See docs/security.md.'
+    severity: 1
+    enabled: true
+    scopes: [
+      logAnalyticsWorkspaceId
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    // The AzureDiagnostics table exists only once a resource has sent logs to the workspace.
+    skipQueryValidation: true
+    criteria: {
+      allOf: [
+        {
+          query: format(secretReadQuery, productPrincipalId)
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: empty(alertEmail) ? [] : [
+        actionGroup.id
+      ]
+    }
+  }
+}

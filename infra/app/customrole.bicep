@@ -1,40 +1,37 @@
-// The rotator's custom ARM role: exactly the actions in rotator-role-actions.json (no wildcards).
-// Deployed once with createDefinition=true (definition) and once per target subscription with a principalId
-// (assignment at that subscription): Bicep cannot assign at subscription scope from a resource-group module.
+// One custom role definition (no assignment): the caller passes its actions, loaded from a JSON file in this folder
+// (main.bicep: loadJsonContent), so the emulator, preflight and tests read the very same lists.
+// The GUID must be unique per subscription, region and environment (main.bicep derives it from resourceToken):
+// a GUID shared by two environments makes the second rewrite the first one's assignable scopes (issue 16).
 targetScope = 'subscription'
 
 param roleGuid string
-param roleName string = ''
-param createDefinition bool = false
-param assignableSubscriptionIds array = []
-@description('Principal to assign the role to at this subscription; empty = no assignment.')
-param principalId string = ''
+@description('Unique in the tenant: custom role names are tenant-wide.')
+param roleName string
+param roleDescription string
+@description('Control-plane actions; no wildcards (tests/test_infra.py checks).')
+param actions array = []
+@description('Data-plane actions; no wildcards.')
+param dataActions array = []
+param assignableSubscriptionIds array
 
-var actions = loadJsonContent('rotator-role-actions.json')
-
-resource definition 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (createDefinition) {
+resource definition 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
   name: roleGuid
   properties: {
     roleName: roleName
-    description: 'aks-credential-rotator: read AKS clusters and reset their service-principal secret.'
+    description: roleDescription
     type: 'customRole'
     permissions: [
       {
         actions: actions
         notActions: []
+        dataActions: dataActions
+        notDataActions: []
       }
     ]
     assignableScopes: [for subscriptionId in assignableSubscriptionIds: '/subscriptions/${subscriptionId}']
   }
 }
 
-resource assignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
-  name: guid(subscription().id, principalId, roleGuid)
-  properties: {
-    principalId: principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleGuid)
-  }
-}
-
-output roleDefinitionId string = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleGuid)
+output roleDefinitionId string = definition.id
+output roleGuid string = definition.name
+output roleName string = roleName

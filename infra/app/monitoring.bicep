@@ -1,8 +1,23 @@
-// Log Analytics + workspace-based Application Insights (Entra-only ingestion: local auth disabled).
+// Log Analytics + workspace-based Application Insights, both Entra-only (local / key auth disabled).
 param location string
 param tags object
 param logAnalyticsName string
 param appInsightsName string
+// Application Insights accepts only these values (Microsoft.Insights/components RetentionInDays); Log Analytics
+// accepts 30-730, so this list is valid for both.
+@allowed([
+  30
+  60
+  90
+  120
+  180
+  270
+  365
+  550
+  730
+])
+@description('Days Log Analytics and Application Insights keep logs (the audit trail).')
+param retentionInDays int = 90
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   name: logAnalyticsName
@@ -12,7 +27,10 @@ resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
     sku: {
       name: 'PerGB2018'
     }
-    retentionInDays: 30
+    retentionInDays: retentionInDays
+    features: {
+      disableLocalAuth: true
+    }
   }
 }
 
@@ -25,6 +43,7 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
     Application_Type: 'web'
     WorkspaceResourceId: workspace.id
     DisableLocalAuth: true
+    RetentionInDays: retentionInDays
   }
 }
 

@@ -1,4 +1,7 @@
-// Every built-in role assignment, each on the one resource that needs it (never the resource group).
+// Data-plane role assignments, each at the narrowest scope Azure allows: queues and tables one by one, the Key Vault,
+// the Application Insights component. Blob stays at the account: the Functions host creates and leases its own
+// containers (azure-webjobs-hosts, azure-webjobs-secrets) besides the deployment and lock containers
+// (Learn: "Connecting to host storage with an identity" lists Storage Blob Data Owner for AzureWebJobsStorage).
 param principalId string
 @allowed([
   'ServicePrincipal'
@@ -7,18 +10,32 @@ param principalId string
 ])
 param principalType string = 'ServicePrincipal'
 param storageAccountName string
-@description('Role definition GUIDs granted on the storage account.')
-param storageRoleIds array = []
+@description('Role granted on the whole storage account (the Functions host); empty = none.')
+param blobRoleId string = ''
+param queueNames array = []
+@description('Role granted on each queue in queueNames.')
+param queueRoleId string = ''
+param tableNames array = []
+@description('Role granted on each table in tableNames.')
+param tableRoleId string = ''
 param keyVaultName string
-@description('Role definition GUIDs granted on the Key Vault.')
-param keyVaultRoleIds array = []
+@description('Role definition id (full resource id) granted on the Key Vault; empty = none.')
+param keyVaultRoleDefinitionId string = ''
 param appInsightsName string
-@description('Role definition GUIDs granted on the Application Insights component.')
-param appInsightsRoleIds array = []
+@description('Role granted on the Application Insights component; empty = none.')
+param appInsightsRoleId string = ''
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
+
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = [for queue in queueNames: {
+  name: '${storageAccountName}/default/${queue}'
+}]
+
+resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' existing = [for table in tableNames: {
+  name: '${storageAccountName}/default/${table}'
+}]
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
@@ -28,32 +45,52 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
 }
 
-resource storageAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for roleId in storageRoleIds: {
-  name: guid(storage.id, principalId, roleId)
+resource blobAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(blobRoleId)) {
+  name: guid(storage.id, principalId, blobRoleId)
   scope: storage
   properties: {
     principalId: principalId
     principalType: principalType
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobRoleId)
+  }
+}
+
+resource queueAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queue, i) in queueNames: {
+  name: guid(queues[i].id, principalId, queueRoleId)
+  scope: queues[i]
+  properties: {
+    principalId: principalId
+    principalType: principalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueRoleId)
   }
 }]
 
-resource vaultAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for roleId in keyVaultRoleIds: {
-  name: guid(vault.id, principalId, roleId)
+resource tableAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (table, i) in tableNames: {
+  name: guid(tables[i].id, principalId, tableRoleId)
+  scope: tables[i]
+  properties: {
+    principalId: principalId
+    principalType: principalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', tableRoleId)
+  }
+}]
+
+resource vaultAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(keyVaultRoleDefinitionId)) {
+  name: guid(vault.id, principalId, keyVaultRoleDefinitionId)
   scope: vault
   properties: {
     principalId: principalId
     principalType: principalType
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
+    roleDefinitionId: keyVaultRoleDefinitionId
   }
-}]
+}
 
-resource appInsightsAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for roleId in appInsightsRoleIds: {
-  name: guid(appInsights.id, principalId, roleId)
+resource appInsightsAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(appInsightsRoleId)) {
+  name: guid(appInsights.id, principalId, appInsightsRoleId)
   scope: appInsights
   properties: {
     principalId: principalId
     principalType: principalType
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', appInsightsRoleId)
   }
-}]
+}

@@ -75,7 +75,9 @@ async def check_rights(run: Delivery, creds: AppCredentials) -> tuple[ClusterInf
     try:
         versions = await deps.vault.versions(run.secret_name)
     except VaultForbidden as exc:
-        raise Failure(f"missing Key Vault permission (role Key Vault Secrets Officer): {exc}", cleanup=False) from None
+        raise Failure(
+            f"missing Key Vault permission (role AKS credential rotator secrets): {exc}", cleanup=False
+        ) from None
     me = await deps.product_sp_object_id()
     if creds.application_object_id and me:
         try:

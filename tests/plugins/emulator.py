@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from azure.keyvault.secrets._shared import http_challenge_cache
@@ -49,3 +50,17 @@ def product_env(emulator: EmulatorControl, azurite: Azurite, names: StorageNames
         LOCK_CONTAINER=names.lock_container,
         **overrides,
     )
+
+
+# What azure-core's own ARM poller reads after a 202 (the operation result at `Location`). The product never follows
+# `Location`, so its role (infra/app/rotator-role-actions.json) lacks this; wire tests that drive the SDK poller
+# grant it on top.
+SDK_POLLER_ACTION = "Microsoft.ContainerService/locations/operationresults/read"
+
+
+def grant_sdk_poller(doc: dict[str, Any]) -> dict[str, Any]:
+    """Give the product's identity in `doc` SDK_POLLER_ACTION on every scope it already holds; returns `doc`."""
+    for grant in doc["role_assignments"]:
+        if grant["principal"] == doc["product"]["app_id"]:
+            grant["actions"] = [*grant["actions"], SDK_POLLER_ACTION]
+    return doc
