@@ -33,6 +33,7 @@ from shared.azure import GRAPH_AUDIENCE, product_credential, secret_client
 from shared.cluster_tags import certificates_opted_in, opted_out
 from shared.credentials import credential_in_use
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
+from shared.inventory import arm_listing, unique
 from shared.logs import EVENT_CREDENTIAL_OVERDUE, alert, log_event
 from shared.messages import CredentialKind, InvalidInput, Reason, new_correlation_id, new_rotation_message
 from shared.resource_graph import PAGE_SIZE, ResourceGraphError, ResourceGraphRefused, cluster_pages
@@ -179,7 +180,7 @@ async def _bounded(limit: int, items: Sequence[T], call: Callable[[T], Awaitable
     return [*first, *rest]
 
 
-class _Run:
+class _Scan:
     """Per-scan context: settings, clock, counters, progress."""
 
     def __init__(self, settings: Settings, now: datetime, progress: Progress | None) -> None:
@@ -205,51 +206,33 @@ class _Run:
 
 
 # -- collect: clusters -----------------------------------------------------------------------------------------
-async def _arm_inventory(run: _Run, aks: AksClient, allow: list[str] | None) -> tuple[list[ClusterInfo], int]:
+async def _arm_inventory(run: _Scan, aks: AksClient, allow: list[str] | None) -> tuple[list[ClusterInfo], int]:
+    """The ARM fallback of the inventory (shared.inventory); discovery stops on a subscription it may not list."""
     if allow is None:
-        try:
-            run.requests["arm.listSubscriptions"] += 1
-            subscriptions = await aks.list_subscriptions()
-        except AuthorizationFailed as exc:
-            raise DiscoveryError(f"the identity may not list subscriptions: it lacks '{exc.action}'") from None
-        except AksError as exc:
-            raise DiscoveryError(f"listing subscriptions failed: {exc}") from None
-    else:
-        subscriptions = allow
-    done = 0
-
-    async def one(subscription: str) -> list[ClusterInfo]:
-        nonlocal done
-        run.requests["arm.listClusters"] += 1
-        try:
-            return await aks.list_clusters(subscription)
-        finally:
-            done += 1
-            run.tick("clusters", done, len(subscriptions))
-
-    results = await _bounded(run.settings.discovery_concurrency, subscriptions, one)
-    clusters: list[ClusterInfo] = []
-    for subscription, result in zip(subscriptions, results, strict=True):
-        if isinstance(result, AuthorizationFailed):
+        run.requests["arm.listSubscriptions"] += 1
+    try:
+        listing = await arm_listing(
+            aks,
+            allow,
+            concurrency=run.settings.discovery_concurrency,
+            done=lambda done, total: run.tick("clusters", done, total),
+        )
+    except AuthorizationFailed as exc:
+        raise DiscoveryError(f"the identity may not list subscriptions: it lacks '{exc.action}'") from None
+    except AksError as exc:
+        raise DiscoveryError(f"listing subscriptions failed: {exc}") from None
+    run.requests["arm.listClusters"] += len(listing.subscriptions)
+    for subscription, failure in listing.failures.items():
+        if isinstance(failure, AuthorizationFailed):
             raise DiscoveryError(
-                f"the identity may not list clusters in subscription {subscription}: it lacks '{result.action}' "
-                f"on '{result.scope}' (grant the rotator's custom role there, or remove the subscription from "
+                f"the identity may not list clusters in subscription {subscription}: it lacks '{failure.action}' "
+                f"on '{failure.scope}' (grant the rotator's custom role there, or remove the subscription from "
                 "SUBSCRIPTION_ALLOWLIST)"
             )
-        if isinstance(result, BaseException):
-            if not isinstance(result, AksError | AzureError):
-                raise result
-            run.errors.append(f"listing clusters in subscription {subscription} failed: {result}")
-            continue
-        clusters += result
-    return clusters, len(subscriptions)
-
-
-def _unique(clusters: Iterable[ClusterInfo]) -> list[ClusterInfo]:
-    seen: dict[str, ClusterInfo] = {}
-    for cluster in clusters:
-        seen.setdefault(cluster.id.lower(), cluster)
-    return sorted(seen.values(), key=lambda c: c.id.lower())
+        if not isinstance(failure, AksError | AzureError):
+            raise failure
+        run.errors.append(f"listing clusters in subscription {subscription} failed: {failure}")
+    return listing.clusters, len(listing.subscriptions)
 
 
 # -- collect: applications -------------------------------------------------------------------------------------
@@ -261,7 +244,7 @@ async def _warm_graph_token(credential: AsyncTokenCredential) -> None:
 
 
 async def _applications(
-    run: _Run, graph: GraphOps, credential: AsyncTokenCredential, app_ids: list[str]
+    run: _Scan, graph: GraphOps, credential: AsyncTokenCredential, app_ids: list[str]
 ) -> dict[str, AppCredentials]:
     if not app_ids:
         return {}
@@ -286,7 +269,7 @@ class _AppLookups:
     pages in flight together) name it, while it stays among the `capacity` most recently used; beyond that the
     memory is let go and a later page looks it up again."""
 
-    def __init__(self, run: _Run, graph: GraphOps, credential: AsyncTokenCredential, capacity: int = 20_000) -> None:
+    def __init__(self, run: _Scan, graph: GraphOps, credential: AsyncTokenCredential, capacity: int = 20_000) -> None:
         self.run = run
         self.graph = graph
         self.credential = credential
@@ -334,7 +317,7 @@ _KV_FORBIDDEN = (
 
 
 async def _vault_names(
-    run: _Run, credential: AsyncTokenCredential, sdk_kwargs: dict[str, Any]
+    run: _Scan, credential: AsyncTokenCredential, sdk_kwargs: dict[str, Any]
 ) -> dict[str, dict[str, str]]:
     """Every product secret in the vault with the tags of its latest version (one paged listing)."""
     names: dict[str, dict[str, str]] = {}
@@ -356,7 +339,7 @@ def _code(exc: HttpResponseError) -> str:
 
 
 async def _vault_listing(
-    run: _Run, credential: AsyncTokenCredential, sdk_kwargs: dict[str, Any]
+    run: _Scan, credential: AsyncTokenCredential, sdk_kwargs: dict[str, Any]
 ) -> dict[str, dict[str, str]]:
     """The product's secrets (name -> tags of the latest version), read once per scan; empty (and an error noted)
     when the listing fails for another reason than a missing right. As large as the rotated clusters, not the
@@ -371,7 +354,7 @@ async def _vault_listing(
 
 
 async def _vault_keys(
-    run: _Run,
+    run: _Scan,
     credential: AsyncTokenCredential,
     clusters: list[ClusterInfo],
     listed: dict[str, dict[str, str]],
@@ -431,7 +414,7 @@ def reads_certificate(settings: Settings, cluster: ClusterInfo) -> bool:
     return certificates_opted_in(settings, cluster) or cluster.legacy_aad_server_app_id is not None
 
 
-async def _certificates(run: _Run, aks: AksClient, clusters: list[ClusterInfo]) -> dict[str, datetime]:
+async def _certificates(run: _Scan, aks: AksClient, clusters: list[ClusterInfo]) -> dict[str, datetime]:
     targets = [c for c in clusters if reads_certificate(run.settings, c)]
     if not targets:
         return {}
@@ -475,7 +458,7 @@ def _sp_advice(cluster: ClusterInfo) -> str:
 
 
 def _secret_finding(
-    run: _Run,
+    run: _Scan,
     cluster: ClusterInfo,
     kind: Kind,
     app_id: str,
@@ -534,7 +517,7 @@ def _secret_finding(
     )
 
 
-def _certificate_finding(run: _Run, cluster: ClusterInfo, expiry: datetime) -> Finding:
+def _certificate_finding(run: _Scan, cluster: ClusterInfo, expiry: datetime) -> Finding:
     settings = run.settings
     days_left = _days(expiry, run.now)
     assert days_left is not None
@@ -566,7 +549,7 @@ def _certificate_finding(run: _Run, cluster: ClusterInfo, expiry: datetime) -> F
 
 
 def decide(
-    run: _Run,
+    run: _Scan,
     clusters: list[ClusterInfo],
     apps: dict[str, AppCredentials],
     vault_keys: dict[str, str],
@@ -646,7 +629,7 @@ async def _existing_rows(store: Any) -> tuple[dict[str, str], dict[tuple[str, st
 
 
 async def _queue(
-    run: _Run, findings: list[Finding], credential: AsyncTokenCredential, dry_run: bool, correlation_id: str
+    run: _Scan, findings: list[Finding], credential: AsyncTokenCredential, dry_run: bool, correlation_id: str
 ) -> list[Finding]:
     candidates = sorted(
         (i for i, f in enumerate(findings) if f.action == "deferred"), key=lambda i: _urgency(findings[i])
@@ -750,7 +733,7 @@ async def scan(
     (`shared.shards` queues every shard's candidates in one step: `queue_candidates`).
     `sdk_kwargs` go to the ARM, Resource Graph and Key Vault SDK clients (tests pass `retry_backoff_factor`)."""
     started = time.perf_counter()
-    run = _Run(settings, (now or clock.now()).astimezone(UTC), progress)
+    run = _Scan(settings, (now or clock.now()).astimezone(UTC), progress)
     correlation_id = new_correlation_id()
     kwargs = dict(sdk_kwargs or {})
     sink = _Sink(run, keep, correlation_id)
@@ -799,7 +782,7 @@ class _ClusterSource:
 
     def __init__(
         self,
-        run: _Run,
+        run: _Scan,
         credential: AsyncTokenCredential,
         aks: AksClient,
         sdk_kwargs: dict[str, Any],
@@ -861,7 +844,7 @@ class _ClusterSource:
             run.errors.append(f"Resource Graph not used ({failed}); clusters were listed per subscription through ARM")
         self.used_fallback = True
         listed, self._listed_subscriptions = await _arm_inventory(run, self.aks, subscriptions)
-        fresh = self._fresh(_unique(listed))
+        fresh = self._fresh(unique(listed))
         for i in range(0, len(fresh), PAGE_SIZE):
             yield fresh[i : i + PAGE_SIZE]
 
@@ -901,7 +884,7 @@ class _ClusterSource:
 class _Sink:
     """Where decided findings go: telemetry at once; kept per `keep`; queue candidates held for the queue step."""
 
-    def __init__(self, run: _Run, keep: Keep, correlation_id: str) -> None:
+    def __init__(self, run: _Scan, keep: Keep, correlation_id: str) -> None:
         self.run = run
         self.keep = keep
         self.correlation_id = correlation_id
@@ -929,7 +912,7 @@ class _Sink:
 
 
 async def _decide_page(
-    run: _Run,
+    run: _Scan,
     lookups: _AppLookups,
     aks: AksClient,
     credential: AsyncTokenCredential,
@@ -952,13 +935,13 @@ async def _decide_page(
     return decide(run, page, apps.result(), keys.result(), certs.result())
 
 
-async def _timed(run: _Run, name: str, work: Awaitable[T]) -> T:
+async def _timed(run: _Scan, name: str, work: Awaitable[T]) -> T:
     with run.stage(name):
         return await work
 
 
 async def _decide_pages(
-    run: _Run,
+    run: _Scan,
     source: _ClusterSource,
     decide_page: Callable[[list[ClusterInfo]], Awaitable[list[Finding]]],
     sink: _Sink,
@@ -1033,7 +1016,7 @@ async def queue_candidates(
 ) -> tuple[list[Finding], list[str], dict[str, int]]:
     """The queue step over candidates collected elsewhere (the shards of one run): (settled findings, errors,
     requests), exactly as `scan` settles its own."""
-    run = _Run(settings, clock.now(), None)
+    run = _Scan(settings, clock.now(), None)
     async with contextlib.AsyncExitStack() as stack:
         if credential is None:
             credential = product_credential(settings)

@@ -56,8 +56,9 @@ from shared.azure import (
 )
 from shared.cluster_tags import certificates_opted_in
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
+from shared.inventory import inventory
 from shared.logs import register_secret
-from shared.resource_graph import ResourceGraphError, ResourceGraphRefused, query_clusters
+from shared.resource_graph import ResourceGraphError
 from shared.settings import Settings
 from shared.vault import vault_name
 
@@ -68,7 +69,7 @@ __all__ = [
     "AdoptAction",
     "AdoptError",
     "AdoptReport",
-    "Finding",
+    "Check",
     "PreflightReport",
     "admin_credential",
     "adopt",
@@ -130,7 +131,7 @@ CHECK_VAULT_WRITE = "keyvault-write"
 
 # -- report types -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Finding:
+class Check:
     """One check at one scope. A failing check names what is `missing` and the command (`fix`) that grants it."""
 
     scope: str
@@ -146,7 +147,7 @@ class PreflightReport:
     client_id: str
     object_id: str | None  # the product's service principal (Graph token `oid`), None without a Graph token
     clusters: int
-    findings: tuple[Finding, ...]
+    findings: tuple[Check, ...]
 
     headers: ClassVar[tuple[str, ...]] = ("scope", "check", "status", "missing", "fix")
 
@@ -155,7 +156,7 @@ class PreflightReport:
         return all(f.ok for f in self.findings)
 
     @property
-    def failures(self) -> list[Finding]:
+    def failures(self) -> list[Check]:
         return [f for f in self.findings if not f.ok]
 
     def rows(self) -> list[tuple[str, ...]]:
@@ -190,7 +191,7 @@ class AdoptReport:
     product_object_id: str
     dry_run: bool
     actions: tuple[AdoptAction, ...]
-    problems: tuple[Finding, ...] = field(default=())  # clusters that could not be read
+    problems: tuple[Check, ...] = field(default=())  # clusters that could not be read
 
     headers: ClassVar[tuple[str, ...]] = ("application", "holder", "object id", "clusters", "status", "detail")
 
@@ -335,10 +336,10 @@ async def _clusters(
     cluster_ids: Sequence[str] | None,
     role: str,
     client_kwargs: Mapping[str, Any],
-) -> tuple[list[ClusterInfo], list[Finding]]:
+) -> tuple[list[ClusterInfo], list[Check]]:
     """The clusters to check (the given ids, else everything visible) and findings for what could not be read."""
     found: list[ClusterInfo] = []
-    problems: list[Finding] = []
+    problems: list[Check] = []
     read = "Microsoft.ContainerService/managedClusters/read"
     async with AksClient(settings, credential, **client_kwargs) as aks:
         if cluster_ids is not None:
@@ -348,37 +349,33 @@ async def _clusters(
                     found.append(await aks.get_cluster(cluster_id))
                 except AuthorizationFailed as exc:
                     fix = fix_arm_role(settings.client_id, _subscription_scope(cluster_id), role)
-                    problems.append(Finding(cluster_id, CHECK_CLUSTER_READ, False, exc.action, fix))
+                    problems.append(Check(cluster_id, CHECK_CLUSTER_READ, False, exc.action, fix))
                 except ClusterNotFound:
-                    problems.append(Finding(cluster_id, CHECK_CLUSTER_READ, False, "the cluster does not exist", ""))
+                    problems.append(Check(cluster_id, CHECK_CLUSTER_READ, False, "the cluster does not exist", ""))
                 except (AksError, ValueError) as exc:
-                    problems.append(Finding(cluster_id, CHECK_CLUSTER_READ, False, str(exc), ""))
+                    problems.append(Check(cluster_id, CHECK_CLUSTER_READ, False, str(exc), ""))
 
             await _bounded(settings.discovery_concurrency, list(dict.fromkeys(cluster_ids)), get, None, "clusters")
             return sorted(found, key=lambda c: c.id.lower()), problems
         subscriptions = list(settings.subscription_allowlist) or None
         try:
-            found = await query_clusters(settings, credential, subscriptions, **client_kwargs)
-        except ResourceGraphRefused:
-            try:
-                subs = subscriptions or await aks.list_subscriptions()
-            except AksError as exc:
-                problems.append(Finding("subscriptions", CHECK_CLUSTERS, False, f"list subscriptions: {exc}", ""))
-                subs = []
-            for sub in subs:
-                try:
-                    found += await aks.list_clusters(sub)
-                except AuthorizationFailed as exc:
-                    fix = fix_arm_role(settings.client_id, f"/subscriptions/{sub}", role)
-                    problems.append(Finding(f"/subscriptions/{sub}", CHECK_CLUSTERS, False, exc.action, fix))
-                except AksError as exc:
-                    problems.append(Finding(f"/subscriptions/{sub}", CHECK_CLUSTERS, False, str(exc), ""))
+            listing = await inventory(settings, credential, aks, subscriptions, **client_kwargs)
         except ResourceGraphError as exc:
-            problems.append(Finding("resource graph", CHECK_CLUSTERS, False, str(exc), ""))
+            problems.append(Check("resource graph", CHECK_CLUSTERS, False, str(exc), ""))
+        except AksError as exc:
+            problems.append(Check("subscriptions", CHECK_CLUSTERS, False, f"list subscriptions: {exc}", ""))
+        else:
+            found = listing.clusters
+            for sub, failure in listing.failures.items():
+                if isinstance(failure, AuthorizationFailed):
+                    fix = fix_arm_role(settings.client_id, f"/subscriptions/{sub}", role)
+                    problems.append(Check(f"/subscriptions/{sub}", CHECK_CLUSTERS, False, failure.action, fix))
+                else:
+                    problems.append(Check(f"/subscriptions/{sub}", CHECK_CLUSTERS, False, str(failure), ""))
     if not found and not problems:
         scopes = [f"/subscriptions/{s}" for s in subscriptions or ["<subscriptionId>"]]
         fix = "; ".join(fix_arm_role(settings.client_id, s, role) for s in scopes)
-        problems.append(Finding("clusters", CHECK_CLUSTERS, False, f"{read} (no cluster is visible)", fix))
+        problems.append(Check("clusters", CHECK_CLUSTERS, False, f"{read} (no cluster is visible)", fix))
     return sorted(found, key=lambda c: c.id.lower()), problems
 
 
@@ -431,7 +428,7 @@ async def _preflight(
     role: str,
     client_kwargs: Mapping[str, Any],
 ) -> PreflightReport:
-    findings: list[Finding] = []
+    findings: list[Check] = []
     client_id = settings.client_id
     identity = f"identity {client_id}"
     advice = "check AZURE_CLIENT_ID (and AZURE_CLIENT_SECRET locally) names the product's identity"
@@ -445,9 +442,9 @@ async def _preflight(
         (VAULT_AUDIENCE, CHECK_VAULT_TOKEN, vault_token, vault_error),
     ):
         if token_ is None:
-            findings.append(Finding(identity, check, False, f"a token for {audience} ({error})", advice))
+            findings.append(Check(identity, check, False, f"a token for {audience} ({error})", advice))
         else:
-            findings.append(Finding(identity, check, True))
+            findings.append(Check(identity, check, True))
 
     claims = token_claims(graph_token) if graph_token else {}
     object_id = str(claims["oid"]) if claims.get("oid") else None
@@ -458,10 +455,10 @@ async def _preflight(
             note = f"holds {', '.join(sorted(roles & GRAPH_WRITE_ROLES))}"
             if has_all:
                 note += f" (broader than the documented {OWNED_BY})"
-            findings.append(Finding(identity, CHECK_GRAPH_ROLE, True, note=note))
+            findings.append(Check(identity, CHECK_GRAPH_ROLE, True, note=note))
         else:
             fix = fix_graph_role(settings.graph_endpoint, object_id or "<principalId>")
-            findings.append(Finding(identity, CHECK_GRAPH_ROLE, False, f"Microsoft Graph app role {OWNED_BY}", fix))
+            findings.append(Check(identity, CHECK_GRAPH_ROLE, False, f"Microsoft Graph app role {OWNED_BY}", fix))
 
     clusters: list[ClusterInfo] = []
     if arm_token is not None:
@@ -482,9 +479,9 @@ async def _check_arm(
     role: str,
     progress: Progress | None,
     client_kwargs: Mapping[str, Any],
-) -> list[Finding]:
+) -> list[Check]:
     wanted = required_actions()
-    results: dict[str, Finding] = {}
+    results: dict[str, Check] = {}
     arm = AksClient(settings, credential, **client_kwargs)
 
     async def check(cluster: ClusterInfo) -> None:
@@ -492,12 +489,12 @@ async def _check_arm(
         try:
             blocks = await arm.permissions(_canonical(cluster.id))
         except (AksError, AzureError) as exc:
-            results[cluster.id] = Finding(cluster.id, CHECK_ARM_ACTIONS, False, f"cannot read permissions: {exc}", fix)
+            results[cluster.id] = Check(cluster.id, CHECK_ARM_ACTIONS, False, f"cannot read permissions: {exc}", fix)
             return
         needed = (*wanted, *CERT_ARM_ACTIONS) if certificates_opted_in(settings, cluster) else wanted
         allowed = effective_actions(blocks, needed)
         missing = [a for a in needed if a not in allowed]
-        results[cluster.id] = Finding(
+        results[cluster.id] = Check(
             cluster.id, CHECK_ARM_ACTIONS, not missing, ", ".join(missing), fix if missing else ""
         )
 
@@ -515,18 +512,18 @@ async def _check_owners(
     object_id: str,
     has_all: bool,
     progress: Progress | None,
-) -> list[Finding]:
+) -> list[Check]:
     apps = _by_app(clusters)
     if not apps:
         return []
-    results: dict[str, list[Finding]] = {}
+    results: dict[str, list[Check]] = {}
     ops = GraphOps(settings, credential)
     async with ops:
         try:
             found = await ops.lookup_apps(apps)
         except GraphError as exc:
             fix = fix_graph_role(settings.graph_endpoint, object_id)
-            return [Finding("applications", CHECK_APP, False, f"cannot look up applications: {exc}", fix)]
+            return [Check("applications", CHECK_APP, False, f"cannot look up applications: {exc}", fix)]
 
         async def check(app_id: str) -> None:
             results[app_id] = await _owner_findings(
@@ -545,12 +542,12 @@ async def _owner_findings(
     creds: AppCredentials | None,
     object_id: str,
     has_all: bool,
-) -> list[Finding]:
+) -> list[Check]:
     scope = f"application {app_id} ({', '.join(_short(c) for c in cluster_ids)})"
     if creds is None or (creds.application_object_id is None and creds.service_principal_object_id is None):
         missing = "the cluster's application is not in this tenant (or not readable)"
-        return [Finding(scope, CHECK_APP, False, missing, "check the cluster's servicePrincipalProfile.clientId")]
-    out: list[Finding] = []
+        return [Check(scope, CHECK_APP, False, missing, "check the cluster's servicePrincipalProfile.clientId")]
+    out: list[Check] = []
     targets: list[tuple[Holder, str | None]] = [("application", creds.application_object_id)]
     if creds.service_principal_passwords:
         targets.append(("servicePrincipal", creds.service_principal_object_id))
@@ -558,7 +555,7 @@ async def _owner_findings(
         check = CHECK_APP_OWNER if holder == "application" else CHECK_SP_OWNER
         if target is None:
             missing = f"the {holder} object is not visible (another tenant?)"
-            out.append(Finding(scope, check, False, missing, ""))
+            out.append(Check(scope, check, False, missing, ""))
             continue
         fix = (
             fix_app_owner(app_id, object_id)
@@ -568,39 +565,39 @@ async def _owner_findings(
         try:
             owners = await ops.owners(holder, target)
         except GraphError as exc:
-            out.append(Finding(scope, check, False, f"cannot read the {holder}'s owners: {exc}", fix))
+            out.append(Check(scope, check, False, f"cannot read the {holder}'s owners: {exc}", fix))
             continue
         if object_id.lower() in {o.lower() for o in owners}:
-            out.append(Finding(scope, check, True))
+            out.append(Check(scope, check, True))
         elif has_all:
-            out.append(Finding(scope, check, True, note=f"not an owner; not needed with {READ_WRITE_ALL}"))
+            out.append(Check(scope, check, True, note=f"not an owner; not needed with {READ_WRITE_ALL}"))
         else:
-            out.append(Finding(scope, check, False, f"owner of the {holder} {target}", fix))
+            out.append(Check(scope, check, False, f"owner of the {holder} {target}", fix))
     return out
 
 
 async def _check_vault(
     settings: Settings, credential: AsyncTokenCredential, client_kwargs: Mapping[str, Any]
-) -> list[Finding]:
+) -> list[Check]:
     vault = vault_name(settings.key_vault_url)
     scope = f"key vault {vault}"
     fix = fix_vault_role(settings.client_id, vault)
-    out: list[Finding] = []
+    out: list[Check] = []
 
-    def failed(check: str, action: str, exc: AzureError) -> Finding:
+    def failed(check: str, action: str, exc: AzureError) -> Check:
         status = exc.status_code if isinstance(exc, HttpResponseError) else None
         if status == 403:
-            return Finding(scope, check, False, action, fix)
-        return Finding(scope, check, False, f"{action} (failed: HTTP {status or type(exc).__name__})", fix)
+            return Check(scope, check, False, action, fix)
+        return Check(scope, check, False, f"{action} (failed: HTTP {status or type(exc).__name__})", fix)
 
     async with secret_client(settings, credential, **client_kwargs) as client:
-        error: Finding | None = None
+        error: Check | None = None
         try:
             async for _ in client.list_properties_of_secrets(max_page_size=1):
                 break
         except AzureError as exc:
             error = failed(CHECK_VAULT_LIST, KV_READ_METADATA, exc)
-        out.append(error or Finding(scope, CHECK_VAULT_LIST, True))
+        out.append(error or Check(scope, CHECK_VAULT_LIST, True))
 
         # Only the first run writes a version; later runs re-tag the newest one (no version pile-up, no events).
         tags = {PROBE_TAG[0]: PROBE_TAG[1]}
@@ -631,7 +628,7 @@ async def _check_vault(
                 await client.update_secret_properties(PROBE_SECRET, version, tags=checked)
             except AzureError as exc:
                 error = failed(CHECK_VAULT_WRITE, KV_UPDATE, exc)
-        out.append(error or Finding(scope, CHECK_VAULT_WRITE, True, note=note))
+        out.append(error or Check(scope, CHECK_VAULT_WRITE, True, note=note))
     return out
 
 

@@ -4,7 +4,7 @@
 maintenance event. The rule (see docs/design.md):
 
 1. The cluster's AKS maintenance configurations named `aksManagedNodeOSUpgradeSchedule` or `default`: the apply
-   may run when any of them allows it (parsed by `shared.aks.MaintenanceWindow`).
+   may run when any of them allows it (`MaintenanceWindow` below, read by `shared.aks`).
 2. Else the product's `MAINTENANCE_WINDOW` setting (`"Sat,Sun 01:00-05:00"`, UTC; an end before the start
    crosses midnight).
 3. Else any time.
@@ -15,19 +15,23 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import calendar
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
-from typing import Protocol
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from typing import Any, Protocol
 
 RELEVANT_CONFIGURATIONS = ("aksmanagednodeosupgradeschedule", "default")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_ARM_DAYS = {d: i for i, d in enumerate(_WEEKDAYS)}
+_WEEK_INDEX = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": 5}
 _SETTING = re.compile(r"^(?P<days>[A-Za-z,]+) (?P<sh>\d\d):(?P<sm>\d\d)-(?P<eh>\d\d):(?P<em>\d\d)$")
 
 
 class Window(Protocol):
-    """What the apply step needs from a window (shared.aks.MaintenanceWindow has this shape)."""
+    """What the apply step needs from a window (`MaintenanceWindow` and `SettingWindow` have this shape)."""
 
     @property
     def name(self) -> str: ...
@@ -120,3 +124,180 @@ def next_open(windows: Sequence[Window], moment: datetime) -> datetime | None:
 
 def describe(windows: Sequence[Window]) -> str:
     return ", ".join(w.name for w in windows) if windows else "any time"
+
+
+# -- AKS maintenance configurations ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """A `maintenanceWindow` recurrence (aksManagedAutoUpgradeSchedule / aksManagedNodeOSUpgradeSchedule)."""
+
+    kind: str  # "daily" | "weekly" | "absoluteMonthly" | "relativeMonthly"
+    interval: int
+    duration: timedelta
+    start_time: time
+    utc_offset: timedelta
+    start_date: date | None = None
+    day_of_week: int | None = None  # 0 = Monday
+    day_of_month: int | None = None
+    week_index: int | None = None  # 1-4, 5 = last
+
+    @property
+    def tz(self) -> timezone:
+        return timezone(self.utc_offset)
+
+    def occurs_on(self, day: date) -> bool:
+        if self.start_date is not None and day < self.start_date:
+            return False
+        anchor = self.start_date or date(2000, 1, 3)  # a Monday
+        if self.kind == "daily":
+            return (day - anchor).days % self.interval == 0
+        if self.kind == "weekly":
+            monday = anchor - timedelta(days=anchor.weekday())
+            return day.weekday() == self.day_of_week and ((day - monday).days // 7) % self.interval == 0
+        months = (day.year - anchor.year) * 12 + day.month - anchor.month
+        if months % self.interval:
+            return False
+        if self.kind == "absoluteMonthly":
+            return day.day == self.day_of_month
+        if self.kind == "relativeMonthly":
+            if day.weekday() != self.day_of_week:
+                return False
+            if self.week_index == 5:
+                return day.day + 7 > calendar.monthrange(day.year, day.month)[1]
+            return (day.day - 1) // 7 + 1 == self.week_index
+        return False
+
+    def start_on(self, day: date) -> datetime:
+        return datetime.combine(day, self.start_time, self.tz).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    """A parsed maintenance configuration. Times are UTC.
+
+    `hour_slots`: allowed (weekday 0=Monday, hour) pairs from `timeInWeek`; `schedule`: the `maintenanceWindow`
+    recurrence; `not_allowed`: blackout intervals (`notAllowedTime`, `notAllowedDates`), half-open.
+    """
+
+    name: str
+    hour_slots: frozenset[tuple[int, int]] = frozenset()
+    schedule: Schedule | None = None
+    not_allowed: tuple[tuple[datetime, datetime], ...] = ()
+
+    @classmethod
+    def from_arm(cls, name: str, properties: Mapping[str, Any]) -> MaintenanceWindow:
+        slots = frozenset(
+            (_ARM_DAYS[str(item["day"]).lower()], int(hour))
+            for item in properties.get("timeInWeek") or []
+            if str(item.get("day", "")).lower() in _DAYS
+            for hour in item.get("hourSlots") or []
+        )
+        blackout = [
+            (_utc(span["start"]), _utc(span["end"]))
+            for span in properties.get("notAllowedTime") or []
+            if span.get("start") and span.get("end")
+        ]
+        schedule = None
+        window = properties.get("maintenanceWindow")
+        if window:
+            schedule = _schedule(window)
+            for span in window.get("notAllowedDates") or []:
+                first = datetime.combine(date.fromisoformat(str(span["start"])), time(), schedule.tz)
+                last = datetime.combine(date.fromisoformat(str(span["end"])), time(), schedule.tz)
+                blackout.append((first.astimezone(UTC), (last + timedelta(days=1)).astimezone(UTC)))
+        return cls(name=name, hour_slots=slots, schedule=schedule, not_allowed=tuple(blackout))
+
+    def _blocked(self, moment: datetime) -> bool:
+        return any(start <= moment < end for start, end in self.not_allowed)
+
+    def allows(self, moment: datetime) -> bool:
+        """True if maintenance may run at `moment` (aware datetime) under this configuration."""
+        moment = moment.astimezone(UTC)
+        if self._blocked(moment):
+            return False
+        if self.schedule is not None:
+            return any(start <= moment < start + self.schedule.duration for start in self._starts_around(moment))
+        return (moment.weekday(), moment.hour) in self.hour_slots
+
+    def _starts_around(self, moment: datetime) -> Iterator[datetime]:
+        assert self.schedule is not None
+        local = moment.astimezone(self.schedule.tz).date()
+        span = self.schedule.duration.days + 2
+        for offset in range(-span, 1):
+            day = local + timedelta(days=offset)
+            if self.schedule.occurs_on(day):
+                yield self.schedule.start_on(day)
+
+    def next_start(self, after: datetime, horizon: timedelta = timedelta(days=800)) -> datetime:
+        """The earliest moment >= `after` at which `allows()` is true; ValueError if none within `horizon`."""
+        after = after.astimezone(UTC)
+        candidates: list[datetime] = [after]
+        candidates += [end for _, end in self.not_allowed if end > after]
+        if self.schedule is not None:
+            first = after.astimezone(self.schedule.tz).date() - timedelta(days=1)
+            for offset in range(horizon.days + 1):
+                day = first + timedelta(days=offset)
+                if self.schedule.occurs_on(day):
+                    candidates.append(self.schedule.start_on(day))
+        elif self.hour_slots:
+            hour = after.replace(minute=0, second=0, microsecond=0)
+            for step in range(1, 24 * 7 * 8 + 1):
+                candidates.append(hour + timedelta(hours=step))
+        for candidate in sorted(c for c in candidates if after <= c <= after + horizon):
+            if self.allows(candidate):
+                return candidate
+        raise ValueError(f"maintenance configuration {self.name!r} opens no window within {horizon.days} days")
+
+
+def _utc(value: Any) -> datetime:
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _offset(text: str | None) -> timedelta:
+    if not text:
+        return timedelta()
+    match = re.fullmatch(r"([+-])(\d{1,2}):(\d{2})", text.strip())
+    if match is None:
+        raise ValueError(f"invalid utcOffset {text!r}")
+    delta = timedelta(hours=int(match[2]), minutes=int(match[3]))
+    return -delta if match[1] == "-" else delta
+
+
+def _schedule(window: Mapping[str, Any]) -> Schedule:
+    raw = window.get("schedule") or {}
+    hours, minutes = (int(part) for part in str(window.get("startTime", "00:00")).split(":")[:2])
+    common: dict[str, Any] = {
+        "duration": timedelta(hours=int(window.get("durationHours") or 4)),
+        "start_time": time(hours, minutes),
+        "utc_offset": _offset(window.get("utcOffset")),
+        "start_date": date.fromisoformat(str(window["startDate"])) if window.get("startDate") else None,
+    }
+    if raw.get("daily"):
+        return Schedule("daily", int(raw["daily"].get("intervalDays") or 1), **common)
+    if raw.get("weekly"):
+        weekly = raw["weekly"]
+        day = _ARM_DAYS[str(weekly["dayOfWeek"]).lower()]
+        return Schedule("weekly", int(weekly.get("intervalWeeks") or 1), day_of_week=day, **common)
+    if raw.get("absoluteMonthly"):
+        monthly = raw["absoluteMonthly"]
+        interval = int(monthly.get("intervalMonths") or 1)
+        return Schedule("absoluteMonthly", interval, day_of_month=int(monthly["dayOfMonth"]), **common)
+    if raw.get("relativeMonthly"):
+        monthly = raw["relativeMonthly"]
+        return Schedule(
+            "relativeMonthly",
+            int(monthly.get("intervalMonths") or 1),
+            day_of_week=_ARM_DAYS[str(monthly["dayOfWeek"]).lower()],
+            week_index=_WEEK_INDEX[str(monthly["weekIndex"]).lower()],
+            **common,
+        )
+    raise ValueError("maintenanceWindow has no recognised schedule")
+
+
+def windows_allow(windows: Iterable[MaintenanceWindow], moment: datetime, name: str = "default") -> bool | None:
+    """Whether the configuration called `name` allows `moment`; None when no such configuration exists."""
+    for window in windows:
+        if window.name.lower() == name.lower():
+            return window.allows(moment)
+    return None

@@ -19,11 +19,10 @@ from shared.aks import (
     ClusterBusy,
     ClusterNotFound,
     CredentialsRejected,
-    MaintenanceWindow,
-    windows_allow,
 )
 from shared.azure import product_credential
 from shared.settings import Settings
+from shared.windows import MaintenanceWindow, windows_allow
 
 T = TypeVar("T")
 NEW_KEY = "bbbbbbbb-0000-4000-8000-000000000002"

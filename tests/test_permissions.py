@@ -25,7 +25,7 @@ from shared.permissions import (
     CHECK_VAULT_WRITE,
     PROBE_SECRET,
     AdoptReport,
-    Finding,
+    Check,
     PreflightReport,
 )
 from shared.settings import Settings
@@ -103,7 +103,7 @@ def _adopt(settings: Settings, **kwargs: Any) -> AdoptReport:
     return _run(go())
 
 
-def _failures(report: PreflightReport, check: str | None = None) -> list[Finding]:
+def _failures(report: PreflightReport, check: str | None = None) -> list[Check]:
     return [f for f in report.failures if check is None or f.check == check]
 
 
@@ -121,7 +121,7 @@ def test_required_actions_are_the_role_file() -> None:
 def test_helpers() -> None:
     assert permissions.token_claims("not-a-jwt") == {}
     assert permissions.role_name("custom") == "custom"
-    report = PreflightReport("c", "o", 1, (Finding("s", "x", True), Finding("s2", "y", False, "m", "fix")))
+    report = PreflightReport("c", "o", 1, (Check("s", "x", True), Check("s2", "y", False, "m", "fix")))
     assert not report.ok and report.rows()[0] == ("s2", "y", "MISSING", "m", "fix")
     assert len(report.headers) == len(report.rows()[0])
     assert json.loads(json.dumps(report.to_json()))["findings"][1]["fix"] == "fix"

@@ -14,6 +14,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from shared.aks import AksClient, ClusterInfo
 from shared.azure import product_credential
 from shared.graph import GraphOps
+from shared.inventory import arm_listing
 from shared.locks import ClusterLocks
 from shared.queues import RotationQueues, open_queues
 from shared.settings import Settings
@@ -89,12 +90,14 @@ class Deps:
         return self._product_sp
 
     async def inventory(self) -> list[ClusterInfo]:
-        """Every cluster the product can see (cached for a minute): used to find clusters sharing an app."""
+        """Every cluster the product can see (cached for a minute): used to find clusters sharing an app before
+        an old key is removed. ARM, not Resource Graph: Resource Graph lags ARM by minutes, and a cluster moved onto
+        the application a moment ago must count. A subscription that cannot be listed raises (the key is kept)."""
         if self._inventory is None or time.monotonic() - self._inventory_at > INVENTORY_TTL_SECONDS:
-            clusters: list[ClusterInfo] = []
-            for subscription in await self.aks.list_subscriptions():
-                clusters += await self.aks.list_clusters(subscription)
-            self._inventory, self._inventory_at = clusters, time.monotonic()
+            listing = await arm_listing(self.aks, None, concurrency=self.settings.discovery_concurrency)
+            for failure in listing.failures.values():
+                raise failure
+            self._inventory, self._inventory_at = listing.clusters, time.monotonic()
         return self._inventory
 
 
