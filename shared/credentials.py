@@ -65,6 +65,17 @@ def passwords(creds: AppCredentials) -> list[HeldPassword]:
     return out
 
 
+def due_within_days(password: PasswordInfo, threshold_days: float) -> float:
+    """How close to its expiry a password is due. THRESHOLD_DAYS, unless the password's whole lifetime is no longer
+    than that (an app management policy caps it): then half its lifetime, so a short-lived secret is rotated every
+    half-lifetime instead of every day (each rotation is a node image upgrade)."""
+    if password.start is not None and password.end is not None:
+        lifetime = (password.end - password.start).total_seconds() / 86400
+        if 0 < lifetime <= threshold_days:
+            return lifetime / 2
+    return threshold_days
+
+
 class InUse(NamedTuple):
     holder: Holder
     password: PasswordInfo

@@ -31,7 +31,7 @@ from shared import clock, telemetry
 from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound
 from shared.azure import GRAPH_AUDIENCE, product_credential, secret_client
 from shared.cluster_tags import certificates_opted_in, opted_out
-from shared.credentials import credential_in_use
+from shared.credentials import credential_in_use, due_within_days
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
 from shared.inventory import arm_listing, unique
 from shared.logs import EVENT_CREDENTIAL_OVERDUE, alert, log_event
@@ -493,7 +493,7 @@ def _secret_finding(
         )
     holder, password, basis = chosen
     days_left = _days(password.end, run.now)
-    due = days_left is not None and days_left <= settings.threshold_days
+    due = days_left is not None and days_left <= due_within_days(password, settings.threshold_days)
     action: Action
     if not rotatable:
         action = "report_only"

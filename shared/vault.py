@@ -37,6 +37,7 @@ STATE_TAG = "state"
 SECRET_PREFIX = "aks-sp-"  # every secret this product writes (one per cluster)  # noqa: S105 - a name prefix
 _UNSAFE = re.compile(r"[^0-9a-z-]+")
 _NAME_PART_MAX = 60
+TAG_VALUE_LIMIT = 256  # Key Vault refuses longer tag values (a cluster resource id can be longer)
 
 
 class VersionState(enum.StrEnum):
@@ -67,9 +68,11 @@ class VersionTags:
             state: VersionState | None = VersionState(tags.get(STATE_TAG, ""))
         except ValueError:
             state = None
+        parts = [tags.get("cluster-id", "")]
+        parts += [tags[f"cluster-id-{i}"] for i in range(1, 4) if f"cluster-id-{i}" in tags]
         return cls(
             managed=tags.get(MANAGED_BY_TAG) == MANAGED_BY,
-            cluster_id=tags.get("cluster-id", ""),
+            cluster_id="".join(parts),
             app_id=tags.get("app-id", "").lower(),
             key_id=tags.get("key-id", "").lower(),
             rotation_id=tags.get("rotation-id", ""),
@@ -78,8 +81,11 @@ class VersionTags:
 
     def to_tags(self) -> dict[str, str]:
         """The tags to write (`managed-by` is added by `VaultStore.store`)."""
+        # A resource id may exceed the 256-character tag value limit: continue it in cluster-id-1, -2, -3.
+        chunks = [self.cluster_id[i : i + TAG_VALUE_LIMIT] for i in range(0, len(self.cluster_id), TAG_VALUE_LIMIT)]
         tags = {
-            "cluster-id": self.cluster_id,
+            "cluster-id": chunks[0] if chunks else "",
+            **{f"cluster-id-{i}": chunk for i, chunk in enumerate(chunks[1:4], start=1)},
             "app-id": self.app_id,
             "key-id": self.key_id,
             "rotation-id": self.rotation_id,
@@ -127,6 +133,10 @@ class VaultNotFound(VaultError):
     """404: no such secret or version."""
 
 
+class VaultSecretDeleted(VaultError):
+    """409 ObjectIsDeletedButRecoverable: the name is held by a soft-deleted secret until it is recovered or purged."""
+
+
 def secret_name_for(cluster_id: str) -> str:
     """`aks-sp-{cluster name, sanitised, <= 60}-{sha256(lower(cluster id))[:12]}`: readable, unique, valid."""
     normalized = cluster_id.strip().rstrip("/").lower()
@@ -167,6 +177,8 @@ def _translated(operation: str, name: str, exc: AzureError) -> VaultError:
         return VaultForbidden(message, status, code)
     if isinstance(exc, ResourceNotFoundError) or status == 404:
         return VaultNotFound(message, status, code)
+    if status == 409 and inner == "ObjectIsDeletedButRecoverable":
+        return VaultSecretDeleted(message, status, code)
     return VaultError(message, status, code)
 
 

@@ -17,7 +17,9 @@ import pytest
 
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
+from shared import rotation
 from shared.settings import Settings
+from shared.vault import secret_name_for, vault_name
 from tests.support.engine import fresh_names, make_settings, rows
 from tests.support.sim import Simulation
 from tests.support.world import estate
@@ -203,3 +205,42 @@ def test_throttled_finish_is_waited_out(make_world: Any, emulator: EmulatorContr
     world.run(3)
     world.check()
     assert {r.state for r in world.records().values()} == {"succeeded"}
+
+
+# -- smaller edges --------------------------------------------------------------------------------------------
+def test_a_soft_deleted_secret_name_fails_loudly_with_what_to_do(make_world: Any, emulator: EmulatorControl) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}])
+    world.run(2)  # rotated: the cluster's Key Vault secret exists
+    cluster_id = world.cluster("aks-a")["id"]
+    emulator.world("vault_delete", vault=vault_name(world.settings.key_vault_url), name=secret_name_for(cluster_id))
+
+    async def on_demand(_sim: Simulation) -> None:
+        await rotation.rotate_now(world.settings, cluster_id, dry_run=False)
+
+    world.sim.after(timedelta(minutes=5), on_demand, "aks-rotator rotate aks-a")
+    world.run(1)
+    failed = [r for r in world.records().values() if r.state == "failed"]
+    assert len(failed) == 1 and "recover it" in (failed[0].failure_reason or ""), failed
+    world.check()
+
+
+def test_resource_ids_longer_than_a_key_vault_tag(make_world: Any) -> None:
+    world = make_world([{"name": "c" * 63, "days": 10, "resource_group": "rg-" + "x" * 86}], SECRET_LIFETIME_DAYS="35")
+    assert len(world.cluster("c" * 63)["id"]) > 256
+    world.run(8)  # rotated at once, then again on Key Vault's SecretNearExpiry (30 days before the new exp)
+    world.check()
+    assert [r.state for r in world.records().values()].count("succeeded") >= 2
+
+
+# -- a tenant policy shorter than the threshold -----------------------------------------------------------------
+def test_a_policy_shorter_than_the_threshold_does_not_rotate_every_day(
+    make_world: Any, emulator: EmulatorControl
+) -> None:
+    world = make_world([{"name": "aks-a", "days": 10}])
+    app_id = world.cluster("aks-a")["clientId"]
+    emulator.world("app_policy", app_id=app_id, max_password_lifetime_days=20)
+    world.run(30)
+    world.check()
+    succeeded = [r for r in world.records().values() if r.state == "succeeded" and r.phase == "done"]
+    assert 2 <= len(succeeded) <= 4, len(succeeded)  # every ~10 days (half the lifetime), not daily
+    assert any("THRESHOLD_DAYS" in a.message for a in world.sim.alerts.alerts)

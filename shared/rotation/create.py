@@ -19,7 +19,7 @@ from shared.aks import AksError, AuthorizationFailed, ClusterInfo, ClusterNotFou
 from shared.azure import ARM_AUDIENCE, secret_credential
 from shared.credentials import password_display_name, passwords, product_created
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, NewPassword, PasswordPolicyError
-from shared.logs import log_event
+from shared.logs import EVENT_ROTATION_BLOCKED, alert, log_event
 from shared.record import Phase, RotationState
 from shared.rotation.delivery import Delivery
 from shared.rotation.deps import Deps
@@ -27,7 +27,7 @@ from shared.rotation.plan import Plan, is_due, plan
 from shared.rotation.results import Done, Failure, Next, Result, Wait
 from shared.rotation.waits import STOPPED_RECHECK, blocked, stopped_reason
 from shared.settings import Settings
-from shared.vault import StoredVersion, VaultError, VaultForbidden, VersionState, VersionTags
+from shared.vault import StoredVersion, VaultError, VaultForbidden, VaultSecretDeleted, VersionState, VersionTags
 
 log = logging.getLogger("shared.rotation")
 
@@ -126,7 +126,7 @@ async def step_create(run: Delivery) -> Result:
     creds = await lookup(run)
     cluster, versions = await check_rights(run, creds)
     chosen = plan(rid, creds, versions, now)
-    if run.row.phase is Phase.START and not is_due(run.row, chosen.observed_expiry, now, run.settings.threshold_days):
+    if run.row.phase is Phase.START and not is_due(run.row, chosen, now, run.settings.threshold_days):
         await run.save(state=RotationState.SUCCEEDED, phase=Phase.SKIPPED, observed_expiry=chosen.observed_expiry)
         await run.audit("create", "skipped", "the credential is no longer due; nothing changed")
         return Done("not due")
@@ -189,6 +189,8 @@ async def step_create(run: Delivery) -> Result:
             "ownership of the application",
             cleanup=False,
         ) from None
+    if new.end - run.now() <= timedelta(days=run.settings.threshold_days):
+        _policy_too_short(run, new.end - run.now())
     await run.audit(
         "create",
         "ok",
@@ -196,6 +198,22 @@ async def step_create(run: Delivery) -> Result:
         key_id=new.key_id,
     )
     return await _store(run, chosen, new)
+
+
+def _policy_too_short(run: Delivery, lifetime: timedelta) -> None:
+    """The tenant's policy caps passwords at or below THRESHOLD_DAYS: every new secret would be due at once. The
+    due rule rotates at half the lifetime instead of daily (shared.credentials.due_within_days); say so once per
+    rotation, with what to change."""
+    alert(
+        log,
+        EVENT_ROTATION_BLOCKED,
+        f"the app management policy caps passwords of application {run.row.app_id} at {lifetime.days} days, not more "
+        f"than THRESHOLD_DAYS ({run.settings.threshold_days}): the secret is rotated every {lifetime.days / 2:.0f} "
+        "days (a node image upgrade each time). Set THRESHOLD_DAYS (and SECRET_LIFETIME_DAYS) below the policy's "
+        "maximum, or allow a longer lifetime in the policy",
+        rotation_id=run.rid,
+        cluster_id=run.row.cluster_id,
+    )
 
 
 async def _add_password(run: Delivery, chosen: Plan, lifetime: timedelta) -> NewPassword:
@@ -227,10 +245,16 @@ async def _store(run: Delivery, chosen: Plan, new: NewPassword) -> Result:
     secret: SecretStr = new.secret
     try:
         stored = await run.deps.vault.store(run.secret_name, secret.get_secret_value(), new.end, labels.to_tags())
-    except (VaultError, AzureError):
+    except (VaultError, AzureError) as exc:
         # The secret exists only in this process: remove it at once (no leak), then let the redelivery recreate.
         with contextlib.suppress(Exception):
             await run.deps.graph.remove_password(chosen.holder, chosen.object_id, new.key_id)
+        if isinstance(exc, VaultSecretDeleted):
+            raise Failure(
+                f"Key Vault secret '{run.secret_name}' is deleted but recoverable: recover it "
+                f"(az keyvault secret recover) or purge it (az keyvault secret purge), then rotate again",
+                cleanup=True,
+            ) from None
         raise
     await run.save(
         phase=Phase.PROVE, proof_count=0, proof_started=run.now(), new_key_id=new.key_id, vault_version=stored.version

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared.credentials import Basis, choose, passwords, product_created
-from shared.graph import AppCredentials, Holder
+from shared.credentials import Basis, choose, due_within_days, passwords, product_created
+from shared.graph import AppCredentials, Holder, PasswordInfo
 from shared.record import RotationRecord
 from shared.rotation.results import Failure
 from shared.vault import StoredVersion, VersionState
@@ -26,6 +26,7 @@ class Plan:
     old_key_ids: list[str]
     observed_expiry: datetime | None
     note: str
+    password: PasswordInfo | None = None  # the one the cluster uses (None when the application has none)
 
 
 def plan(rotation_id: str, creds: AppCredentials, versions: Sequence[StoredVersion], now: datetime) -> Plan:
@@ -50,32 +51,34 @@ def plan(rotation_id: str, creds: AppCredentials, versions: Sequence[StoredVersi
             key = version.labels.key_id
             if version.labels.state is VersionState.PREVIOUS and key in present and key not in old:
                 old.append(key)
-        return Plan(
-            chosen.holder, chosen.object_id, old, chosen.password.end, "the cluster's key is known from Key Vault"
-        )
+        note = "the cluster's key is known from Key Vault"
+        return Plan(chosen.holder, chosen.object_id, old, chosen.password.end, note, chosen.password)
     if basis is Basis.CHANGED_OUTSIDE:
         note = (
             "a password newer than Key Vault's was added outside the product: which one the cluster holds is unknown, "
             "so the earliest expiry decides and no pre-existing password will be removed"
         )
-        return Plan(chosen.holder, chosen.object_id, [], chosen.password.end, note)
+        return Plan(chosen.holder, chosen.object_id, [], chosen.password.end, note, chosen.password)
     # Passwords created by this product for other clusters' rotations are not candidates: Key Vault knows them.
     foreign = [h for h in everything if product_created(h.password) is None]
     if len(foreign) == 1 and foreign[0].object_id == chosen.object_id:
         only = foreign[0].password
-        return Plan(chosen.holder, chosen.object_id, [only.key_id], only.end, "the holder has a single password")
+        note = "the holder has a single password"
+        return Plan(chosen.holder, chosen.object_id, [only.key_id], only.end, note, only)
     untouched = len([h for h in everything if product_created(h.password) != rotation_id])
     note = f"first rotation with {untouched} passwords on the app: left {untouched} pre-existing credentials untouched"
-    return Plan(chosen.holder, chosen.object_id, [], chosen.password.end, note)
+    return Plan(chosen.holder, chosen.object_id, [], chosen.password.end, note, chosen.password)
 
 
-def is_due(row: RotationRecord, observed_expiry: datetime | None, now: datetime, threshold_days: int) -> bool:
-    """Still due when the rotation starts (a scan's or an event's view may be stale); on demand and urgent always."""
+def is_due(row: RotationRecord, chosen: Plan, now: datetime, threshold_days: int) -> bool:
+    """Still due when the rotation starts (a scan's or an event's view may be stale); on demand and urgent always.
+    The same rule as discovery's (`shared.credentials.due_within_days`)."""
     if row.reason not in CHECKED_REASONS:
         return True
-    if observed_expiry is None:
+    if chosen.observed_expiry is None:
         return True
-    return observed_expiry - now <= timedelta(days=threshold_days)
+    within = due_within_days(chosen.password, threshold_days) if chosen.password else threshold_days
+    return chosen.observed_expiry - now <= timedelta(days=within)
 
 
 def is_urgent(row: RotationRecord, now: datetime, urgent_days: int) -> bool:

@@ -44,7 +44,7 @@ def estate(
         doc["clusters"].append(
             {
                 "subscription_id": sub["id"],
-                "resource_group": f"rg-{spec['name']}",
+                "resource_group": spec.get("resource_group", f"rg-{spec['name']}"),
                 "name": spec["name"],
                 "client_id": app["app_id"],
                 "node_count": spec.get("node_count", 3),

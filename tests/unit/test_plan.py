@@ -10,7 +10,7 @@ from shared.credentials import password_display_name
 from shared.graph import AppCredentials, PasswordInfo
 from shared.messages import CredentialKind
 from shared.record import RotationRecord
-from shared.rotation.plan import is_due, is_urgent, plan, retire_candidates
+from shared.rotation.plan import Plan, is_due, is_urgent, plan, retire_candidates
 from shared.rotation.results import Failure
 from shared.vault import MANAGED_BY, MANAGED_BY_TAG, StoredVersion, VersionTags
 
@@ -140,7 +140,28 @@ def row(reason: str, expiry_days: float | None = None) -> RotationRecord:
 )
 def test_is_due(reason: str, observed_days: float | None, due: bool) -> None:
     observed = None if observed_days is None else NOW + timedelta(days=observed_days)
-    assert is_due(row(reason), observed, NOW, threshold_days=30) is due
+    chosen = Plan("application", "A", [], observed, "", pw("k", observed_days) if observed_days is not None else None)
+    assert is_due(row(reason), chosen, NOW, threshold_days=30) is due
+
+
+@pytest.mark.parametrize(
+    ("lifetime_days", "left_days", "due"),
+    [
+        (180, 29, True),  # a normal secret: THRESHOLD_DAYS
+        (180, 31, False),
+        (20, 11, False),  # a policy caps the lifetime at 20 <= THRESHOLD_DAYS: due at half the lifetime, not daily
+        (20, 10, True),
+        (30, 15, True),
+    ],
+)
+def test_a_lifetime_capped_below_the_threshold_is_due_at_half_of_it(
+    lifetime_days: float, left_days: float, due: bool
+) -> None:
+    password = PasswordInfo(
+        "k", None, NOW - timedelta(days=lifetime_days - left_days), NOW + timedelta(days=left_days), None
+    )
+    chosen = Plan("application", "A", [], password.end, "", password)
+    assert is_due(row("due"), chosen, NOW, threshold_days=30) is due
 
 
 @pytest.mark.parametrize(
