@@ -84,6 +84,7 @@ class RotationRecord(BaseModel):
     proof_started: AwareDatetime | None = None  # when proving began (PROOF_TIMEOUT_SECONDS counts from here)
     apply_tries: int = Field(default=0, ge=0)  # resets sent whose answer was never seen
     reset_unanswered: bool = False  # a reset may have reached AKS unseen: the cluster may hold the new secret
+    trouble_count: int = Field(default=0, ge=0)  # transient errors waited out in a row (finish/retire backoff)
     failed_phase: Phase | None = None  # the phase that failed (kept while cleaning up)
     new_key_id: str | None = None
     old_key_ids: list[str] = Field(default_factory=list)
@@ -112,6 +113,12 @@ class RotationRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.state.terminal
+
+    @property
+    def resubmittable(self) -> bool:
+        """A later submit of the same credential starts a new rotation (the day's retry id) instead of being a
+        duplicate: a failed one (the credential still expires) or a skipped one (not due then, maybe due now)."""
+        return self.state is RotationState.FAILED or self.phase is Phase.SKIPPED
 
     @property
     def progress(self) -> str:

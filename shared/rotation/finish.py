@@ -42,7 +42,7 @@ async def step_finish(run: Delivery) -> Result:
     )
     grace = run.settings.retire_grace_seconds
     not_before = run.now() + timedelta(seconds=grace)
-    await run.save(phase=Phase.RETIRE, not_before=not_before)
+    await run.save(phase=Phase.RETIRE, not_before=not_before, trouble_count=0)
     if grace > 0:
         await run.requeue(grace, state=RotationState.WAITING, detail=f"retire grace period ({grace} s)")
         return Wait(grace, "retire grace period", RotationState.WAITING)
