@@ -123,7 +123,7 @@ async def wait_out(run: Delivery, exc: Exception) -> Wait:
     """Transient trouble after the cluster took the new secret: try the phase again later (doubling delays), never
     fail it; alert now and then so a rotation that does not move is seen."""
     count = run.row.trouble_count + 1
-    delay = max(1, min(run.settings.requeue_delay_seconds * 2 ** min(count - 1, 20), TROUBLE_MAX_DELAY_SECONDS))
+    delay = min(run.settings.requeue_delay_seconds * 2 ** min(count - 1, 20), TROUBLE_MAX_DELAY_SECONDS)
     detail = f"{run.row.phase}: transient trouble ({redact(str(exc))[:200]}); try {count}, again in {delay} s"
     await run.save(trouble_count=count)
     await run.requeue(delay, state=RotationState.RUNNING, detail=detail)
