@@ -623,7 +623,7 @@ async def _existing_rows(store: Any) -> tuple[dict[str, str], dict[tuple[str, st
         rows = await store.list()
     except ResourceNotFoundError:  # the table does not exist yet (dry run before the first real run)
         return {}, {}
-    states = {row.rotation_id: row.state for row in rows}
+    states = {row.rotation_id: "resubmittable" if row.resubmittable else row.state for row in rows}
     active = {(row.cluster_id.lower(), row.kind): row.rotation_id for row in rows if not row.terminal}
     return states, active
 
@@ -661,7 +661,7 @@ async def _queue(
                 continue
             rid = message.rotation_id
             running = active.get((finding.cluster_id.lower(), finding.kind))
-            retry = states.get(rid) == "failed" and running is None  # submit retries a failed one once a day
+            retry = states.get(rid) == "resubmittable" and running is None  # submit retries it once a day
             if (rid in states and not retry) or running is not None:
                 rid = running or rid
                 state = states.get(rid)

@@ -88,6 +88,7 @@ class RotationRecord(BaseModel):
     resends: int = Field(default=0, ge=0)  # resets sent again after an accepted one ended Failed/Canceled
     waiting_since: AwareDatetime | None = None  # since when the current wait (stopped, busy, operation) lasts
     wait_alerted: bool = False  # the current wait was alerted
+    trouble_count: int = Field(default=0, ge=0)  # transient errors waited out in a row (finish/retire backoff)
     failed_phase: Phase | None = None  # the phase that failed (kept while cleaning up)
     new_key_id: str | None = None
     old_key_ids: list[str] = Field(default_factory=list)
@@ -122,6 +123,12 @@ class RotationRecord(BaseModel):
         """A reset of this rotation was accepted or went unanswered: some part of the cluster may hold the new
         secret, so nothing may remove it (only a deleted cluster lifts this)."""
         return self.reset_accepted or self.reset_unanswered
+
+    @property
+    def resubmittable(self) -> bool:
+        """A later submit of the same credential starts a new rotation (the day's retry id) instead of being a
+        duplicate: a failed one (the credential still expires) or a skipped one (not due then, maybe due now)."""
+        return self.state is RotationState.FAILED or self.phase is Phase.SKIPPED
 
     @property
     def progress(self) -> str:

@@ -2,6 +2,8 @@
 
 * State table: one row per rotation, PartitionKey "rotation", RowKey = rotation_id. Writes after the first are
   conditional on the ETag read (`save()` raises `StaleRecord` when someone else wrote meanwhile).
+* State table, partition "claim": one row per (cluster, credential kind) naming the rotation that owns it, created
+  if absent (`claim()`): every way a rotation starts races through it, so exactly one rotation runs at a time.
 * Audit table: PartitionKey = rotation_id, RowKey = zero-padded microsecond timestamp + random suffix, so a
   rotation's trail reads back in order. Partition "rejected" holds inbound payloads that failed validation.
 
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import json
 import secrets
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
@@ -32,6 +35,10 @@ from shared.record import ROTATION_PARTITION, RotationRecord, RotationState, as_
 from shared.settings import Settings
 
 REJECTED_PARTITION = "rejected"
+CLAIM_PARTITION = "claim"
+# A claim whose rotation has no row: its submit crashed between claiming and queueing (the worker creates the row
+# at the first delivery, seconds later); after this long nothing will, and the claim may be taken over.
+CLAIM_ORPHAN_AFTER = timedelta(hours=1)
 EXCERPT_LIMIT = 200
 DETAIL_LIMIT = 8000  # characters; a table property holds at most 64 KiB
 
@@ -198,6 +205,51 @@ class RotationStore(StorageResource):
         )
         return max(rows, key=lambda row: row.created_at, default=None)
 
+    async def claim(self, cluster_id: str, kind: str, rotation_id: str) -> str | None:
+        """Claim (cluster, kind) for `rotation_id`: None when it is ours now; else the rotation that holds it.
+
+        Create-if-absent, and a conditional (ETag) takeover of a claim whose rotation ended (or never got a row,
+        see CLAIM_ORPHAN_AFTER): of any number of concurrent submits exactly one wins."""
+        key = claim_key(cluster_id, kind)
+        entity = {
+            "PartitionKey": CLAIM_PARTITION,
+            "RowKey": key,
+            "rotation_id": rotation_id,
+            "claimed_at": clock.now(),
+            "cluster_key": cluster_id.lower(),
+            "kind": str(kind),
+        }
+        for _ in range(5):
+            try:
+                await self._state.create_entity(entity)
+                return None
+            except ResourceExistsError:
+                pass
+            try:
+                current = await self._state.get_entity(CLAIM_PARTITION, key)
+            except ResourceNotFoundError:
+                continue
+            holder = str(current.get("rotation_id", ""))
+            row = await self.get(holder) if holder else None
+            if row is not None:
+                free = row.terminal
+            else:
+                claimed = current.get("claimed_at")
+                free = not isinstance(claimed, datetime) or clock.now() - as_utc(claimed) > CLAIM_ORPHAN_AFTER
+            if not free:
+                return holder
+            try:
+                await self._state.update_entity(
+                    entity,
+                    mode=UpdateMode.REPLACE,
+                    etag=current.metadata.get("etag"),
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return None
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue  # another submit took it over first: look again
+        raise StaleRecord(rotation_id)
+
     # -- audit trail -----------------------------------------------------------------------------------------
     async def _append(self, partition: str, properties: dict[str, Any]) -> tuple[str, datetime]:
         for _ in range(3):
@@ -261,6 +313,11 @@ class RotationStore(StorageResource):
             )
             async for entity in pager
         ]
+
+
+def claim_key(cluster_id: str, kind: str) -> str:
+    """The claim's RowKey: cluster ids hold '/', which Table storage forbids in keys."""
+    return hashlib.sha256(f"{cluster_id.lower()}\n{kind}".encode()).hexdigest()[:40]
 
 
 def _audit_row(entity: TableEntity) -> AuditRow:

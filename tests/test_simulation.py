@@ -166,11 +166,6 @@ def test_hand_rotation_outside_the_product_is_noticed(make_world: Any, emulator:
 
 
 # -- one rotation per cluster and credential ------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11.9: a Key Vault SecretNearExpiry event before THRESHOLD_DAYS records a skipped rotation "
-    "under the id every later scan uses: the credential is never rotated",
-)
 def test_skipped_rotation_does_not_block_the_next(make_world: Any) -> None:
     world = make_world([{"name": "aks-a", "days": 10}], THRESHOLD_DAYS="7", URGENT_DAYS="2")
     world.run(2)  # rotated once: the new version expires in 180 days; Key Vault raises NearExpiry at 150
@@ -192,11 +187,6 @@ def test_clusters_sharing_an_application_all_move_and_the_old_key_goes_last(make
 
 
 # -- transient trouble after the reset ------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11.8: throttling in finish is poisoned into 'failed' after the cluster switched: Key Vault never "
-    "learns the cluster's key",
-)
 def test_throttled_finish_is_waited_out(make_world: Any, emulator: EmulatorControl) -> None:
     world = make_world([{"name": "aks-a", "days": 10}])
     emulator.add_faults(

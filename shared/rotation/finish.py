@@ -8,14 +8,15 @@ says the cluster cannot hold it).
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from shared.aks import AuthorizationFailed
 from shared.credentials import passwords, product_created
 from shared.graph import AppCredentials
 from shared.logs import alert, log_event, redact
 from shared.messages import CredentialKind
-from shared.record import Phase, RotationState
+from shared.record import Phase, RotationRecord, RotationState
 from shared.rotation.create import abandon_version, lookup
 from shared.rotation.delivery import Delivery
 from shared.rotation.phases import failure_may_clean_up
@@ -42,14 +43,30 @@ async def step_finish(run: Delivery) -> Result:
     )
     grace = run.settings.retire_grace_seconds
     not_before = run.now() + timedelta(seconds=grace)
-    await run.save(phase=Phase.RETIRE, not_before=not_before)
+    await run.save(phase=Phase.RETIRE, not_before=not_before, trouble_count=0)
     if grace > 0:
         await run.requeue(grace, state=RotationState.WAITING, detail=f"retire grace period ({grace} s)")
         return Wait(grace, "retire grace period", RotationState.WAITING)
     return Next()
 
 
-async def key_in_use_elsewhere(run: Delivery, key_id: str) -> str | None:
+@dataclass(frozen=True)
+class Sharing:
+    """Why an old key stays. `settles`: another cluster's rotation of the application has not promoted its key yet;
+    retire looks again once it has (a rotation at retire already names its key in Key Vault)."""
+
+    reason: str
+    settles: bool = False
+
+
+def retire_deadline(row: RotationRecord, urgent_days: int) -> datetime:
+    """How long retire waits for sharing clusters' rotations: the rotation's own bound (tests/support/invariants)."""
+    if row.observed_expiry is not None:
+        return row.observed_expiry - timedelta(days=urgent_days)
+    return row.created_at + timedelta(days=7)
+
+
+async def key_in_use_elsewhere(run: Delivery, key_id: str) -> Sharing | None:
     """Why `key_id` may still be used by another cluster sharing the application (None if it is not)."""
     app_id = (run.row.app_id or "").lower()
     me = run.row.cluster_id.lower()
@@ -57,15 +74,15 @@ async def key_in_use_elsewhere(run: Delivery, key_id: str) -> str | None:
         if cluster.id.lower() == me or (cluster.sp_client_id or "").lower() != app_id:
             continue
         active = await run.deps.store.active_for(cluster.id, CredentialKind.SP_SECRET)
-        if active is not None:
-            return f"cluster {cluster.name} shares the application and has a rotation in progress"
+        if active is not None and active.phase is not Phase.RETIRE:
+            return Sharing(f"cluster {cluster.name} shares the application and has a rotation in progress", True)
         current = await run.deps.vault.current(secret_name_for(cluster.id))
         if current is None or not current.labels.current_for(app_id):
             # No version, or one written for another application (the cluster was moved): which key it holds is
             # unknown (the same rule as discovery's, shared.vault.VersionTags.current_for).
-            return f"cluster {cluster.name} shares the application and its key is unknown"
+            return Sharing(f"cluster {cluster.name} shares the application and its key is unknown")
         if current.labels.key_id == key_id.lower():
-            return f"cluster {cluster.name} uses it"
+            return Sharing(f"cluster {cluster.name} uses it")
     return None
 
 
@@ -78,7 +95,8 @@ async def step_retire(run: Delivery) -> Result:
         return Wait(delay, "retire grace period", RotationState.WAITING)
     creds = await lookup(run)
     present = {h.password.key_id.lower(): h for h in passwords(creds)}
-    removed, kept = [], []
+    removed, kept, pending = [], [], []
+    deadline = retire_deadline(row, run.settings.urgent_days)
     for key in retire_candidates(row.old_key_ids, row.new_key_id, present):
         try:
             why = await key_in_use_elsewhere(run, key)
@@ -88,15 +106,29 @@ async def step_retire(run: Delivery) -> Result:
                 f"'{exc.action}'; old password {key} kept",
                 cleanup=False,
             ) from None
+        if why is not None and why.settles and now < deadline:
+            pending.append(key)
+            continue
         if why is not None:
             kept.append(key)
-            await run.audit("retire", "kept", f"kept {key}: {why}")
+            ends = present[key].password.end
+            until = f"; left to expire {ends:%Y-%m-%d}" if ends else ""
+            await run.audit("retire", "kept", f"kept {key}: {why.reason}{until}")
+            log_event(
+                log, logging.WARNING, "rotation.retire_kept", f"kept {key}: {why.reason}{until}", rotation_id=run.rid
+            )
             continue
         held = present[key]
         await run.lease.ensure_held()
         await deps.graph.remove_password(held.holder, held.object_id, key)
         removed.append(key)
         await run.audit("retire", "removed", f"removed the old password {key}")
+    if pending:
+        # Never give up silently: look again when the sharing cluster's rotation has promoted its key.
+        delay = min(run.settings.requeue_delay_seconds * 5, int((deadline - now).total_seconds()) + 1)
+        detail = f"{len(pending)} old password(s) wait for a sharing cluster's rotation to finish"
+        await run.requeue(delay, state=RotationState.WAITING, detail=detail)
+        return Wait(delay, detail, RotationState.WAITING)
     if not row.old_key_ids:
         others = len([k for k in present if k != (row.new_key_id or "").lower()])
         detail = f"left {others} pre-existing credentials untouched (the cluster's previous key is not known)"
@@ -131,11 +163,14 @@ async def step_cleanup(run: Delivery) -> Result:
 
 
 async def alert_failed(run: Delivery, reason: str) -> None:
+    """The failure alert names the expiry: what an operator has until the cluster runs on an invalid secret."""
     await run.audit("done", "failed", reason)
+    expiry = run.row.observed_expiry
+    until = f" (the cluster's secret expires {expiry:%Y-%m-%d %H:%M} UTC)" if expiry else ""
     alert(
         log,
         "rotation.failed",
-        f"rotation failed: {reason}",
+        f"rotation failed: {reason}{until}",
         rotation_id=run.rid,
         cluster_id=run.row.cluster_id,
         kind=run.row.kind,

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from azure.core.exceptions import AzureError
+
 from shared import clock, edge, telemetry
+from shared.azure import ServiceError
 from shared.locks import ClusterLease, LockBusy
 from shared.logs import alert, log_event, redact
 from shared.messages import CredentialKind, InvalidInput, RotationMessage, check_allowed, parse_message
@@ -28,7 +31,7 @@ from shared.rotation.create import step_create, step_prove
 from shared.rotation.delivery import Delivery
 from shared.rotation.deps import Deps, deps_for
 from shared.rotation.finish import fail, step_cleanup, step_finish, step_retire
-from shared.rotation.phases import CERTIFICATE_SKIPS, poison_may_clean_up
+from shared.rotation.phases import CERTIFICATE_SKIPS, poison_may_clean_up, waits_out_trouble
 from shared.rotation.results import Done, Failure, Result, Wait
 from shared.settings import Settings
 from shared.store import AlreadyExists, StaleRecord
@@ -37,6 +40,8 @@ log = logging.getLogger("shared.rotation")
 
 MAX_DEQUEUE_COUNT = 5  # host.json extensions.queues.maxDequeueCount
 BUSY_DELAY_CAP_SECONDS = 15
+TROUBLE_MAX_DELAY_SECONDS = 3600  # backoff cap while transient trouble is waited out (finish, retire)
+TROUBLE_ALERT_EVERY = 6  # alert on every sixth try in a row: the rotation is alive but not moving
 EARLY_TOLERANCE = timedelta(seconds=2)
 
 Handler = Callable[[Delivery], Awaitable[Result]]
@@ -87,6 +92,10 @@ async def advance(run: Delivery) -> StepOutcome:
                 result = await handler(run)
             except Failure as failure:
                 result = await fail(run, failure)
+            except Exception as exc:
+                if not (waits_out_trouble(run.row) and transient(exc)):
+                    raise
+                result = await wait_out(run, exc)
         telemetry.step_duration(step, time.perf_counter() - started)
         if isinstance(result, Wait):
             waited = result
@@ -101,6 +110,28 @@ async def advance(run: Delivery) -> StepOutcome:
     if row.terminal:
         telemetry.rotation_outcome(row.state, kind=row.kind)
     return _outcome(action, row, None, row.failure_reason or "")
+
+
+def transient(exc: Exception) -> bool:
+    """Throttling, a server error, a timeout or a lost connection: the same call may well succeed later."""
+    if isinstance(exc, ServiceError):
+        return exc.status is None or exc.status in (408, 429) or exc.status >= 500
+    return isinstance(exc, AzureError)  # the SDKs' transport errors
+
+
+async def wait_out(run: Delivery, exc: Exception) -> Wait:
+    """Transient trouble after the cluster took the new secret: try the phase again later (doubling delays), never
+    fail it; alert now and then so a rotation that does not move is seen."""
+    count = run.row.trouble_count + 1
+    delay = min(run.settings.requeue_delay_seconds * 2 ** min(count - 1, 20), TROUBLE_MAX_DELAY_SECONDS)
+    detail = f"{run.row.phase}: transient trouble ({redact(str(exc))[:200]}); try {count}, again in {delay} s"
+    await run.save(trouble_count=count)
+    await run.requeue(delay, state=RotationState.RUNNING, detail=detail)
+    await run.audit(str(run.row.phase), "waiting", detail)
+    if count % TROUBLE_ALERT_EVERY == 0:
+        cluster_id = run.row.cluster_id
+        alert(log, "rotation.poison", detail + " (nothing was undone)", rotation_id=run.rid, cluster_id=cluster_id)
+    return Wait(delay, detail)
 
 
 def record_for(message: RotationMessage) -> RotationRecord:
@@ -190,7 +221,8 @@ async def _deliver(deps: Deps, message: RotationMessage, lease: ClusterLease, de
 
 async def handle_poison(settings: Settings, body: str, *, deps: Deps | None = None) -> None:
     """Poison-queue trigger: record the message with the reason and alert. Cleans up only where the phase table
-    says a poisoned message may (the cluster cannot hold the new secret)."""
+    says a poisoned message may (the cluster cannot hold the new secret); resumes finish and retire (never
+    fails them: the cluster holds the new secret)."""
     async with deps_for(settings, deps) as d:
         try:
             message = parse_message(body)
@@ -200,6 +232,9 @@ async def handle_poison(settings: Settings, body: str, *, deps: Deps | None = No
             return
         row = await d.store.get(message.rotation_id)
         phase = row.phase if row is not None else Phase.START
+        if row is not None and not row.terminal and waits_out_trouble(row):
+            await _resume(d, message, row)
+            return
         reason = f"{phase}: gave up after {MAX_DEQUEUE_COUNT} failed deliveries (poison queue)"
         alert(log, "rotation.poison", reason, rotation_id=message.rotation_id, cluster_id=message.cluster_id)
         if row is None:
@@ -227,3 +262,16 @@ async def handle_poison(settings: Settings, body: str, *, deps: Deps | None = No
                 f"cleanup failed: {type(exc).__name__}",
                 rotation_id=message.rotation_id,
             )
+
+
+async def _resume(deps: Deps, message: RotationMessage, row: RotationRecord) -> None:
+    """A poisoned finish/retire message: send it again after the longest backoff (a stale copy is dropped on
+    delivery as usual), record and alert; nothing is undone."""
+    delay = TROUBLE_MAX_DELAY_SECONDS
+    detail = f"{row.phase}: {MAX_DEQUEUE_COUNT} deliveries failed; resuming in {delay} s (nothing was undone)"
+    alert(log, "rotation.poison", detail, rotation_id=row.rotation_id, cluster_id=row.cluster_id)
+    if message.attempt < row.attempts:
+        await deps.store.audit(row.rotation_id, "poison", "ignored", "a poisoned stale copy: a newer message is live")
+        return
+    await deps.queues.send(message.to_json(), delay_seconds=delay)
+    await deps.store.audit(row.rotation_id, "poison", "resumed", detail)

@@ -8,6 +8,9 @@ Two clean-up columns, different on purpose:
 * `poison_may_clean_up` — the message failed five times and *nothing was observed*: clean up only where no reset
   was ever accepted (start to apply, and never after an unanswered reset), because a poisoned verify does not know
   whether the cluster switched.
+A third column, `waits_out_trouble`: once the cluster holds the new secret (finish, retire) nothing may undo the
+rotation, so transient trouble there (throttling, 5xx, a lost connection) is waited out with delayed messages and a
+poisoned message resumes the phase instead of failing it.
 The handler of each phase is in `shared.rotation.machine.HANDLERS`.
 """
 
@@ -25,6 +28,7 @@ class PhaseSpec:
     failure_may_clean_up: bool
     poison_may_clean_up: bool
     meaning: str
+    waits_out_trouble: bool = False
 
 
 PHASES: dict[Phase, PhaseSpec] = {
@@ -34,8 +38,8 @@ PHASES: dict[Phase, PhaseSpec] = {
     Phase.PROVE: PhaseSpec("prove", True, True, "stored in Key Vault; proving Entra accepts it; cluster unchanged"),
     Phase.APPLY: PhaseSpec("apply", True, True, "waiting for the window or sending the reset"),
     Phase.VERIFY: PhaseSpec("verify", False, False, "a reset was accepted; polling its operation"),
-    Phase.FINISH: PhaseSpec("finish", False, False, "the cluster holds the new secret; promoting it in Key Vault"),
-    Phase.RETIRE: PhaseSpec("retire", False, False, "grace period, then remove the old password(s) nobody uses"),
+    Phase.FINISH: PhaseSpec("finish", False, False, "the cluster holds the new secret: promote it in Key Vault", True),
+    Phase.RETIRE: PhaseSpec("retire", False, False, "grace period, then remove old passwords nobody uses", True),
     Phase.CLEANUP: PhaseSpec("retire", True, True, "removing what a failed rotation created (idempotent)"),
     Phase.DONE: PhaseSpec("retire", False, False, "succeeded"),
     Phase.SKIPPED: PhaseSpec("create", False, False, "succeeded without change: the credential was not due"),
@@ -52,6 +56,10 @@ def failure_may_clean_up(row: RotationRecord, *, cluster_gone: bool = False) -> 
     if cluster_gone:
         return row.phase not in (Phase.FINISH, Phase.RETIRE)
     return PHASES[row.phase].failure_may_clean_up and not row.cluster_may_hold_new
+
+
+def waits_out_trouble(row: RotationRecord) -> bool:
+    return PHASES[row.phase].waits_out_trouble
 
 
 def poison_may_clean_up(row: RotationRecord) -> bool:

@@ -14,7 +14,6 @@ from shared.credentials import passwords
 from shared.graph import GraphOps
 from shared.messages import CredentialKind, RotationMessage, new_rotation_message, parse_cluster_id, rotation_id_for
 from shared.queues import RotationQueues, open_queues
-from shared.record import RotationState
 from shared.rotation.machine import record_for
 from shared.settings import Settings
 from shared.store import AlreadyExists, RotationStore
@@ -33,7 +32,7 @@ class SubmitResult:
 
 
 def retry_id(message: RotationMessage, now: datetime) -> str:
-    """The id of the day's retry of a failed rotation: deterministic, so scans and events dedup on it too."""
+    """The id of the day's retry of a failed or skipped rotation: deterministic, so scans and events dedup on it."""
     generation = f"retry-{now.date().isoformat()}-of-{message.rotation_id}"
     return rotation_id_for(message.cluster_id, message.kind, message.app_id, generation)
 
@@ -45,7 +44,7 @@ async def submit(
     store: RotationStore | None = None,
     queues: RotationQueues | None = None,
 ) -> SubmitResult:
-    """Dedup (by rotation id, then one active rotation per cluster and kind), queue, record."""
+    """Dedup (by rotation id, then one rotation per cluster and kind: the claim), queue, record."""
     async with contextlib.AsyncExitStack() as stack:
         if store is None or queues is None:
             credential = product_credential(settings)
@@ -58,8 +57,9 @@ async def submit(
                 await queues.ensure()
         kind = message.kind.value
         existing = await store.get(message.rotation_id)
-        if existing is not None and existing.state is RotationState.FAILED and message.reason in RETRIED_REASONS:
-            # A failed rotation alerted; the credential still expires. Try again, at most once per UTC day.
+        if existing is not None and existing.resubmittable and message.reason in RETRIED_REASONS:
+            # A failed rotation alerted (the credential still expires), or a skipped one was not due then (it may
+            # be now): try again, at most once per UTC day.
             message = message.model_copy(update={"rotation_id": retry_id(message, clock.now())})
             existing = await store.get(message.rotation_id)
         if existing is not None:
@@ -70,14 +70,19 @@ async def submit(
                 "duplicate",
                 f"rotation already {existing.state} at {existing.phase}",
             )
-        active = await store.active_for(message.cluster_id, kind)
-        if active is not None:
+        active = await store.active_for(message.cluster_id, kind)  # also rows from before claims existed
+        holder = active.rotation_id if active is not None else None
+        if holder is None:
+            holder = await store.claim(message.cluster_id, kind, message.rotation_id)
+        if holder == message.rotation_id:
+            return SubmitResult(message.rotation_id, message.cluster_id, kind, "duplicate", "raced another submit")
+        if holder is not None:
             return SubmitResult(
                 message.rotation_id,
                 message.cluster_id,
                 kind,
                 "already_active",
-                f"rotation {active.rotation_id} of this cluster is {active.state}",
+                f"rotation {holder} of this cluster is in progress",
             )
         # Queue first, then record: a crash in between leaves a message whose worker creates the row.
         message_id = await queues.send(message.to_json())
