@@ -189,7 +189,7 @@ class MaintenanceWindow:
         slots = frozenset(
             (_ARM_DAYS[str(item["day"]).lower()], int(hour))
             for item in properties.get("timeInWeek") or []
-            if str(item.get("day", "")).lower() in _DAYS
+            if str(item.get("day", "")).lower() in _ARM_DAYS
             for hour in item.get("hourSlots") or []
         )
         blackout = [
