@@ -104,6 +104,7 @@ REQUIRED_ARM_ACTIONS: tuple[str, ...] = (
     "Microsoft.ContainerService/managedClusters/maintenanceConfigurations/read",
     "Microsoft.ContainerService/managedClusters/resetServicePrincipalProfile/action",
     "Microsoft.ContainerService/locations/operations/read",
+    "Microsoft.ContainerService/locations/operationresults/read",
     "Microsoft.Resources/subscriptions/read",
 )
 # The opt-in certificate role (`infra/app/rotator-cert-role-actions.json`), needed only on clusters whose

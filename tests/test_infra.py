@@ -406,7 +406,8 @@ ACTION_CALLS: dict[str, tuple[str, ...]] = {
     "Microsoft.ContainerService/managedClusters/resetServicePrincipalProfile/action": (
         r"managed_clusters\.begin_reset_service_principal_profile\(",
     ),
-    "Microsoft.ContainerService/locations/operations/read": (r"locations/\[\^/\]\+/operations/",),
+    "Microsoft.ContainerService/locations/operations/read": (r"\(\?P<kind>operations\|",),
+    "Microsoft.ContainerService/locations/operationresults/read": (r"\|operationresults\)",),
     "Microsoft.Resources/subscriptions/read": (r"/subscriptions\?api-version=",),
     "Microsoft.ContainerService/managedClusters/listClusterUserCredential/action": (
         r"managed_clusters\.list_cluster_user_credentials\(",

@@ -241,10 +241,11 @@ async def step_verify(run: Delivery) -> Result:
         if result.status in ("Failed", "Canceled"):
             return await _reset_failed(run, result.status, result.error or "no detail", result.credentials_rejected)
         if result.status != "Succeeded":
-            return await waited_long(run, "the AKS operation is in progress", run.settings.lro_poll_seconds)
+            return await waited_long(run, "the AKS operation is in progress", run.settings.lro_poll_seconds, ours=True)
     cluster = await get_cluster(run)
     if cluster.provisioning_state != "Succeeded":
-        return await waited_long(run, f"cluster is {cluster.provisioning_state}", run.settings.lro_poll_seconds)
+        detail = f"cluster is {cluster.provisioning_state}"
+        return await waited_long(run, detail, run.settings.lro_poll_seconds, ours=True)
     if not certificates and (cluster.sp_client_id or "").lower() != (row.app_id or "").lower():
         # The reset succeeded but the cluster reports another client: do not touch any credential.
         raise Failure(

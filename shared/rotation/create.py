@@ -36,6 +36,7 @@ LIFETIME_LADDER_DAYS = (365, 180, 90, 60, 30, 14, 7, 1)
 APPLY_ACTIONS = (
     "Microsoft.ContainerService/managedClusters/resetServicePrincipalProfile/action",
     "Microsoft.ContainerService/locations/operations/read",
+    "Microsoft.ContainerService/locations/operationresults/read",
 )
 
 

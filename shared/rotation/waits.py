@@ -43,11 +43,14 @@ async def blocked(run: Delivery, reason: str, delay: int) -> Wait:
     return Wait(delay, reason, RotationState.WAITING)
 
 
-async def waited_long(run: Delivery, reason: str, delay: int) -> Wait:
-    """A wait that normally ends by itself (someone's operation, ours): alert only when it lasts or is urgent."""
+async def waited_long(run: Delivery, reason: str, delay: int, *, ours: bool = False) -> Wait:
+    """A wait that normally ends by itself: alert once it lasts, and — for someone else's operation, which may
+    hold the cluster past the expiry — on every check once the credential is urgent. Our own operation alerts only
+    when it lasts (it is the rotation itself)."""
     now = run.now()
     since = run.row.waiting_since or now
-    if now - since >= WAIT_ALERT_AFTER or is_urgent(run.row, now, run.settings.urgent_days):
+    urgent = not ours and is_urgent(run.row, now, run.settings.urgent_days)
+    if now - since >= WAIT_ALERT_AFTER or urgent:
         return await blocked(run, f"{reason} for {(now - since).total_seconds() / 3600:.1f} h", delay)
     if run.row.waiting_since is None:
         await run.save(waiting_since=since)
