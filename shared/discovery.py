@@ -35,7 +35,14 @@ from shared.credentials import credential_in_use, due_within_days
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
 from shared.inventory import arm_listing, unique
 from shared.logs import EVENT_CREDENTIAL_OVERDUE, alert, log_event
-from shared.messages import CredentialKind, InvalidInput, Reason, new_correlation_id, new_rotation_message
+from shared.messages import (
+    URGENT_REASONS,
+    CredentialKind,
+    InvalidInput,
+    Reason,
+    new_correlation_id,
+    new_rotation_message,
+)
 from shared.resource_graph import PAGE_SIZE, ResourceGraphError, ResourceGraphRefused, cluster_pages
 from shared.settings import Settings
 from shared.vault import SECRET_PREFIX, VaultError, VaultForbidden, VaultStore, VersionTags, secret_name_for
@@ -673,7 +680,8 @@ async def _queue(
                     else "another rotation of this credential kind is in progress on the cluster"
                 )
                 out[index] = replace(finding, action="already_queued", rotation_id=rid, detail=detail)
-            elif queued >= cap:
+            elif queued >= cap and finding.reason not in URGENT_REASONS:
+                # The blast radius never outlives a secret: urgent and expired credentials are queued past the cap.
                 out[index] = replace(
                     finding,
                     action="deferred",

@@ -72,6 +72,7 @@ _PROBLEM_LIMIT: Final = 120
 Reason = Literal["due", "urgent", "expired", "on_demand", "keyvault_event"]
 Step = Literal["create", "store", "prove", "apply", "verify", "finish", "retire"]
 REASONS: Final[tuple[str, ...]] = get_args(Reason)
+URGENT_REASONS: Final = frozenset({"urgent", "expired"})  # rotate outside windows and past the blast-radius cap
 STEPS: Final[tuple[str, ...]] = get_args(Step)
 
 

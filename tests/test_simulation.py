@@ -234,3 +234,14 @@ def test_a_policy_shorter_than_the_threshold_does_not_rotate_every_day(
     succeeded = [r for r in world.records().values() if r.state == "succeeded" and r.phase == "done"]
     assert 2 <= len(succeeded) <= 4, len(succeeded)  # every ~10 days (half the lifetime), not daily
     assert any("THRESHOLD_DAYS" in a.message for a in world.sim.alerts.alerts)
+
+
+def test_the_blast_radius_cap_never_outlives_a_secret(make_world: Any) -> None:
+    # Three secrets expire within a day and a half; MAX_ROTATIONS_PER_RUN=1 would defer two of them past expiry.
+    world = make_world(
+        [{"name": "aks-a", "days": 1.3}, {"name": "aks-b", "days": 1.3}, {"name": "aks-c", "days": 1.3}],
+        MAX_ROTATIONS_PER_RUN="1",
+    )
+    world.run(2)
+    world.check()
+    assert sorted(r.state for r in world.records().values()) == ["succeeded"] * 3

@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 
 from shared.credentials import Basis, choose, due_within_days, passwords, product_created
 from shared.graph import AppCredentials, Holder, PasswordInfo
+from shared.messages import URGENT_REASONS
 from shared.record import RotationRecord
 from shared.rotation.results import Failure
 from shared.vault import StoredVersion, VersionState
 
 CHECKED_REASONS = frozenset({"due", "keyvault_event"})  # the rest (urgent, expired, on demand) always run
-URGENT_REASONS = frozenset({"urgent", "expired"})
 
 
 @dataclass(frozen=True)
