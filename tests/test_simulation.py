@@ -8,66 +8,15 @@ product does not handle yet is `xfail(strict=True)` with the reason; the fix rem
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import rotation
-from shared.settings import Settings
 from shared.vault import secret_name_for, vault_name
-from tests.support.engine import fresh_names, make_settings, rows
 from tests.support.sim import Simulation
-from tests.support.world import estate
-
-REALISTIC = {
-    "PROOF_SPACING_SECONDS": "5",
-    "PROOF_SUCCESSES": "5",
-    "RETIRE_GRACE_SECONDS": "86400",
-    "REQUEUE_DELAY_SECONDS": "60",
-    "LRO_POLL_SECONDS": "120",
-    "LEASE_SECONDS": "60",
-}
-
-
-class World:
-    """One simulated estate: the emulator reset to `doc`, fresh storage, the simulation host."""
-
-    def __init__(self, emulator: EmulatorControl, azurite: Azurite, doc: dict[str, Any], **env: str) -> None:
-        emulator.reset(doc)
-        self.emulator = emulator
-        self.settings: Settings = make_settings(emulator, azurite, fresh_names(), **{**REALISTIC, **env})
-        self.sim = Simulation(emulator, self.settings)
-
-    def run(self, days: float) -> None:
-        asyncio.run(self.sim.run(timedelta(days=days)))
-
-    def records(self) -> dict[str, Any]:
-        return asyncio.run(rows(self.settings))
-
-    def check(self) -> None:
-        self.sim.check(self.records())
-
-    def cluster(self, name: str) -> dict[str, Any]:
-        return next(c for c in self.emulator.state()["clusters"] if c["id"].endswith("/" + name))
-
-
-@pytest.fixture
-def make_world(emulator: EmulatorControl, azurite: Azurite) -> Iterator[Any]:
-    def build(
-        clusters: list[dict[str, Any]], *, modes: dict[str, Any] | None = None, subscriptions: int = 1, **env: str
-    ) -> World:
-        world = World(emulator, azurite, estate(clusters, subscriptions=subscriptions), **env)
-        if modes:
-            emulator.set_modes(**modes)
-        return world
-
-    yield build
-    emulator.clear_faults()
 
 
 # -- the baseline: nothing unusual happens --------------------------------------------------------------------

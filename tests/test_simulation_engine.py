@@ -6,35 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
-from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import api, discovery, events, rotation
 from shared.messages import CredentialKind, new_rotation_message
 from shared.record import Phase
 from shared.vault import secret_name_for
+from tests.support.engine import World
 from tests.support.sim import Simulation, keyvault_event
-from tests.support.world import estate
-from tests.test_simulation import World
-
-
-@pytest.fixture
-def make_world(emulator: EmulatorControl, azurite: Azurite) -> Iterator[Any]:
-    def build(
-        clusters: list[dict[str, Any]], *, modes: dict[str, Any] | None = None, subscriptions: int = 1, **env: str
-    ) -> World:
-        world = World(emulator, azurite, estate(clusters, subscriptions=subscriptions), **env)
-        if modes:
-            emulator.set_modes(**modes)
-        return world
-
-    yield build
-    emulator.clear_faults()
 
 
 def _when(text: str) -> datetime:

@@ -3,10 +3,14 @@ the engine, and `check_invariants` (the old per-test checks plus the one invaria
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
+
+import pytest
 
 from emulator import seeds
 from emulator.azurite import Azurite
@@ -21,6 +25,8 @@ from shared.vault import secret_name_for
 from tests.plugins.azurite import StorageNames
 from tests.plugins.emulator import product_env
 from tests.support.invariants import all_passwords, check_state
+from tests.support.sim import Simulation
+from tests.support.world import estate
 
 FAST = {
     "PROOF_SPACING_SECONDS": "0",
@@ -187,3 +193,49 @@ def product_passwords(state: dict[str, Any]) -> list[dict[str, Any]]:
         for p in all_passwords(a)
         if (p.get("displayName") or "").startswith(rotation.DISPLAY_NAME_PREFIX + " ")
     ]
+
+
+REALISTIC = {
+    "PROOF_SPACING_SECONDS": "5",
+    "PROOF_SUCCESSES": "5",
+    "RETIRE_GRACE_SECONDS": "86400",
+    "REQUEUE_DELAY_SECONDS": "60",
+    "LRO_POLL_SECONDS": "120",
+    "LEASE_SECONDS": "60",
+}
+
+
+class World:
+    """One simulated estate: the emulator reset to `doc`, fresh storage, the simulation host."""
+
+    def __init__(self, emulator: EmulatorControl, azurite: Azurite, doc: dict[str, Any], **env: str) -> None:
+        emulator.reset(doc)
+        self.emulator = emulator
+        self.settings: Settings = make_settings(emulator, azurite, fresh_names(), **{**REALISTIC, **env})
+        self.sim = Simulation(emulator, self.settings)
+
+    def run(self, days: float) -> None:
+        asyncio.run(self.sim.run(timedelta(days=days)))
+
+    def records(self) -> dict[str, Any]:
+        return asyncio.run(rows(self.settings))
+
+    def check(self) -> None:
+        self.sim.check(self.records())
+
+    def cluster(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.emulator.state()["clusters"] if c["id"].endswith("/" + name))
+
+
+@pytest.fixture
+def make_world(emulator: EmulatorControl, azurite: Azurite) -> Iterator[Any]:
+    def build(
+        clusters: list[dict[str, Any]], *, modes: dict[str, Any] | None = None, subscriptions: int = 1, **env: str
+    ) -> World:
+        world = World(emulator, azurite, estate(clusters, subscriptions=subscriptions), **env)
+        if modes:
+            emulator.set_modes(**modes)
+        return world
+
+    yield build
+    emulator.clear_faults()
