@@ -15,6 +15,7 @@ import pytest
 
 from emulator.sandbox import EmulatorControl
 from shared import rotation
+from shared.messages import CredentialKind, new_rotation_message
 from shared.vault import secret_name_for, vault_name
 from tests.support.sim import Simulation
 
@@ -194,3 +195,28 @@ def test_the_blast_radius_cap_never_outlives_a_secret(make_world: Any) -> None:
     world.run(2)
     world.check()
     assert sorted(r.state for r in world.records().values()) == ["succeeded"] * 3
+
+
+# -- the queue is not a command channel -------------------------------------------------------------------------
+def test_a_forged_urgent_message_cannot_force_an_upgrade_outside_the_window(
+    make_world: Any, emulator: EmulatorControl
+) -> None:
+    now = datetime.fromisoformat(emulator.state()["now"].replace("Z", "+00:00"))
+    day = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[(now + timedelta(days=4)).weekday()]
+    world = make_world([{"name": "aks-a", "days": 200}], MAINTENANCE_WINDOW=f"{day} 23:00-23:59")
+    cluster = world.cluster("aks-a")
+    forged = new_rotation_message(
+        cluster_id=cluster["id"],
+        kind=CredentialKind.SP_SECRET,
+        reason="expired",
+        app_id=cluster["clientId"],
+        observed_expiry=now,
+    )
+
+    async def hand_written(sim: Simulation) -> None:
+        await sim.queues.send(forged.model_copy(update={"attempt": 7}).to_json())
+
+    world.sim.after(timedelta(minutes=1), hand_written, "a hand-written message claiming 'expired'")
+    world.run(2)
+    assert not [op for op in emulator.state()["operations"] if op["clusterId"].lower() == cluster["id"].lower()]
+    world.check()

@@ -127,14 +127,14 @@ async def step_create(run: Delivery) -> Result:
     creds = await lookup(run)
     cluster, versions = await check_rights(run, creds)
     chosen = plan(rid, creds, versions, now)
+    if chosen.observed_expiry is not None and chosen.observed_expiry != run.row.observed_expiry:
+        await run.save(observed_expiry=chosen.observed_expiry)  # the truth, not what the message claimed
     if run.row.phase is Phase.START and not is_due(run.row, chosen, now, run.settings.threshold_days):
         await run.save(state=RotationState.SUCCEEDED, phase=Phase.SKIPPED, observed_expiry=chosen.observed_expiry)
         await run.audit("create", "skipped", "the credential is no longer due; nothing changed")
         return Done("not due")
     if cluster.stopped and run.row.phase is Phase.START:
         # Nothing is created for a cluster that cannot take it: say so now, look again later.
-        if run.row.observed_expiry is None and chosen.observed_expiry is not None:
-            await run.save(observed_expiry=chosen.observed_expiry)
         expiry = run.row.observed_expiry
         return await blocked(run, stopped_reason(cluster, expiry), int(STOPPED_RECHECK.total_seconds()))
     await run.save(
@@ -142,7 +142,6 @@ async def step_create(run: Delivery) -> Result:
         state=RotationState.RUNNING,
         holder=chosen.holder,
         old_key_ids=chosen.old_key_ids,
-        observed_expiry=run.row.observed_expiry or chosen.observed_expiry,
     )
     mine = [h for h in passwords(creds) if product_created(h.password) == rid]
     stored = next(iter(_pending_of(versions, rid)), None)

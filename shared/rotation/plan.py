@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 
 from shared.credentials import Basis, choose, due_within_days, passwords, product_created
 from shared.graph import AppCredentials, Holder, PasswordInfo
-from shared.messages import URGENT_REASONS
 from shared.record import RotationRecord
 from shared.rotation.results import Failure
 from shared.vault import StoredVersion, VersionState
@@ -82,9 +81,9 @@ def is_due(row: RotationRecord, chosen: Plan, now: datetime, threshold_days: int
 
 
 def is_urgent(row: RotationRecord, now: datetime, urgent_days: int) -> bool:
-    """Urgent rotations may run outside the maintenance window."""
-    if row.reason in URGENT_REASONS:
-        return True
+    """Urgent rotations may run outside the maintenance window (a node image upgrade at any hour). Decided from the
+    expiry the rotation observed itself (Graph and Key Vault, at create), never from a message's `reason`: a
+    hand-written queue message or a forged event cannot force an upgrade outside the window."""
     expiry = row.observed_expiry
     return expiry is not None and expiry - now <= timedelta(days=urgent_days)
 

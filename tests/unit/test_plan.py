@@ -167,8 +167,8 @@ def test_a_lifetime_capped_below_the_threshold_is_due_at_half_of_it(
 @pytest.mark.parametrize(
     ("reason", "expiry_days", "urgent"),
     [
-        ("urgent", 100, True),
-        ("expired", None, True),
+        ("urgent", 100, False),  # a message's reason never grants urgency: only the observed expiry does
+        ("expired", None, False),
         ("due", 3, True),
         ("due", 3.01, False),
         ("due", None, False),
