@@ -50,6 +50,7 @@ _OPERATION_PATH = re.compile(
     r"/(?P<kind>operations|operationresults)/[^/]+$",
     re.IGNORECASE,
 )
+_NOT_AN_OPERATION_RESULT = frozenset({401, 403, 404, 408, 429, 502, 503, 504})
 _ACTION = re.compile(r"perform action '([^']+)' over scope '([^']*)'")
 _CA_DATA = re.compile(r"certificate-authority-data:\s*(\S+)")
 
@@ -386,7 +387,9 @@ class AksClient:
             try:
                 code, body = await self._get_json(url, "operation result")
             except AksError as exc:
-                if exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 404, 408, 429):
+                # ARM RPC: a failed operation's Location answers the operation's error status (4xx or 5xx) with its
+                # error body. Only the statuses of our own request (auth, not found, throttling, gateways) are not.
+                if exc.status is not None and exc.status >= 400 and exc.status not in _NOT_AN_OPERATION_RESULT:
                     return OperationStatus("Failed", str(exc), _rejects_credentials(str(exc)))
                 raise
             return OperationStatus("InProgress" if code == 202 else "Succeeded", None)
