@@ -31,7 +31,7 @@ CAP = 12
 async def _reference(settings: Settings, dry_run: bool) -> list[Finding]:
     """The batch scan: all clusters in one list, every application, Key Vault record and CA expiry, then one
     decision over the list and one queue step, from discovery's own building blocks."""
-    run = discovery._Run(settings, clock.now(), None)
+    run = discovery._Scan(settings, clock.now(), None)
     credential = product_credential(settings)
     try:
         async with AksClient(settings, credential, **FAST) as aks, GraphOps(settings, credential) as graph:
