@@ -32,10 +32,12 @@ from typing import Any
 
 from emulator.sandbox import EmulatorControl
 from shared import clock, discovery, events, queues, rotation
+from shared.messages import RotationMessage
 from shared.queues import Peeked, Received, encode
 from shared.record import RotationRecord
 from shared.rotation import Deps
 from shared.settings import Settings
+from shared.store import RotationStore
 from shared.vault import MANAGED_BY, MANAGED_BY_TAG
 from tests.support.invariants import check_state, check_stuck
 
@@ -293,6 +295,21 @@ class Simulation:
             self.initial = self.emulator.state()
         with self._installed():
             await self._loop(self.now() + duration)
+
+    async def settle(self, limit: timedelta, step: timedelta = timedelta(hours=1)) -> None:
+        """Run on until the queue is empty (what was started has ended or is parked on nothing), at most `limit`:
+        a bounded run ends between rotations, not inside one."""
+        end = self.now() + limit
+        while self.queues.messages and self.now() < end:
+            await self.run(min(step, end - self.now()))
+
+    async def submit(self, messages: Sequence[RotationMessage]) -> list[rotation.SubmitResult]:
+        """Queue `messages` as a producer does (`rotation.submit`: dedup, record), on the simulated queue and clock."""
+        with self._installed():
+            async with RotationStore(self.settings) as store:
+                await store.ensure()
+                rotations = queues.open_queues(self.settings)  # this simulation's queue
+                return [await rotation.submit(self.settings, m, store=store, queues=rotations) for m in messages]
 
     def world(self, event: str, **body: Any) -> WorldEvent:
         """A world event for `at`/`after`: `POST /_emulator/world/{event}` (docs/emulator.md, "World events")."""
