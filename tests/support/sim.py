@@ -230,6 +230,7 @@ class AlertLog(logging.Handler):
 
 # -- the host --------------------------------------------------------------------------------------------------
 WorldEvent = Callable[["Simulation"], Awaitable[None] | None]
+_KeyVaultEvent = tuple[datetime, str, str, str, str, int]  # when, event type, vault, secret name, version, exp
 
 
 @dataclass(order=True)
@@ -268,6 +269,7 @@ class Simulation:
         self.log: list[str] = []  # what happened, for a failure message
         self.initial: dict[str, Any] | None = None
         self.seed: int | None = None
+        self._vault_read: tuple[int, list[_KeyVaultEvent]] | None = None  # (keyvault mutations, every event)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -293,6 +295,7 @@ class Simulation:
         """Advance through `duration` of simulated time, doing at each instant what the host would."""
         if self.initial is None:
             self.initial = self.emulator.state()
+        self._vault_read = None  # the test may have changed the estate between runs
         with self._installed():
             await self._loop(self.now() + duration)
 
@@ -359,6 +362,7 @@ class Simulation:
                 while self._world and self._world[0].at <= self.now():
                     item = heapq.heappop(self._world)
                     self.log.append(f"{self.now():%Y-%m-%d %H:%M} world: {item.label}")
+                    self._vault_read = None  # a world event may change Key Vault without a Key Vault request
                     result = item.action(self)
                     if asyncio.iscoroutine(result):
                         await result
@@ -397,7 +401,15 @@ class Simulation:
         self.log.append(f"{self.now():%Y-%m-%d %H:%M} scan {outcome}")
 
     # Key Vault events: SecretNearExpiry 30 days before exp of a secret's latest version, SecretExpired at exp.
-    def _keyvault_schedule(self) -> list[tuple[datetime, str, str, str, str, int]]:
+    def _keyvault_schedule(self) -> list[_KeyVaultEvent]:
+        """The events not sent yet. The vault is read again only after a Key Vault write (the emulator's count of
+        `mutations.keyvault`) or a world event: reading the whole truth at every instant dominated long runs."""
+        writes = self.emulator.requests().get("mutations.keyvault", 0)
+        if self._vault_read is None or self._vault_read[0] != writes:
+            self._vault_read = (writes, self._read_keyvault_events())
+        return [event for event in self._vault_read[1] if (event[4], event[1]) not in self.events_sent]
+
+    def _read_keyvault_events(self) -> list[_KeyVaultEvent]:
         out = []
         for vault in self.emulator.state()["vaults"]:
             for name, versions in vault["secrets"].items():
@@ -409,11 +421,10 @@ class Simulation:
                     continue
                 exp = datetime.fromtimestamp(latest["exp"], tz=UTC)
                 for when, kind in ((exp - timedelta(days=NEAR_EXPIRY_DAYS), events.NEAR_EXPIRY), (exp, events.EXPIRED)):
-                    if (latest["version"], kind) not in self.events_sent:
-                        out.append((when, kind, vault["name"], name, latest["version"], int(latest["exp"])))
+                    out.append((when, kind, vault["name"], name, latest["version"], int(latest["exp"])))
         return sorted(out)
 
-    def _next_keyvault_event(self) -> tuple[datetime, str, str, str, str, int] | None:
+    def _next_keyvault_event(self) -> _KeyVaultEvent | None:
         schedule = self._keyvault_schedule()
         return schedule[0] if schedule else None
 
