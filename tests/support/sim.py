@@ -352,13 +352,6 @@ class Simulation:
                     self.clock.advance_to(end)
                     return
                 self.clock.advance_to(moment)
-                if deps is None or self.now() - opened_at > TOKEN_REFRESH:
-                    if deps_cm is not None:
-                        await deps_cm.__aexit__(None, None, None)
-                    deps_cm = Deps.open(self.settings, sdk_kwargs=self.sdk_kwargs, graph_attempts=2)
-                    deps = await deps_cm.__aenter__()
-                    deps.sleep = self._sleep
-                    opened_at = self.now()
                 while self._world and self._world[0].at <= self.now():
                     item = heapq.heappop(self._world)
                     self.log.append(f"{self.now():%Y-%m-%d %H:%M} world: {item.label}")
@@ -371,6 +364,17 @@ class Simulation:
                     next_timer = next_fire(self.settings.rotation_schedule, self.now())
                 if self.keyvault_events:
                     await self._keyvault_events()
+                if (visible := self.queues.next_visible()) is None or visible > self.now():
+                    if self.now() >= end:
+                        return
+                    continue  # nothing to deliver: no clients to open (most instants of a long run)
+                if deps is None or self.now() - opened_at > TOKEN_REFRESH:
+                    if deps_cm is not None:
+                        await deps_cm.__aexit__(None, None, None)
+                    deps_cm = Deps.open(self.settings, sdk_kwargs=self.sdk_kwargs, graph_attempts=2)
+                    deps = await deps_cm.__aenter__()
+                    deps.sleep = self._sleep
+                    opened_at = self.now()
                 report = await rotation.drain(
                     self.settings,
                     deps=deps,
