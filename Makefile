@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: install browser demo test lint typecheck unit bench clean
+.PHONY: install browser demo test lint typecheck unit bench simulate clean
 
 install: $(PY_STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
 
@@ -57,6 +57,16 @@ test: lint typecheck unit
 bench: install
 	$(BIN)/python -m bench.scan --json
 	$(BIN)/python -m bench.rotate --json
+	$(BIN)/python -m bench.simulate --json
+
+# The long mode of the randomized simulations: SIM_SEEDS seeds (from 1000) of SIM_DAYS simulated days each, and
+# FAULT_EXAMPLES hypothesis fault schedules. `SIM_SEED=<n> make simulate` replays one seed.
+SIM_SEEDS      ?= 40
+SIM_DAYS       ?= 120
+FAULT_EXAMPLES ?= 1000
+simulate: install
+	SIM_SEEDS=$(SIM_SEEDS) SIM_DAYS=$(SIM_DAYS) $(BIN)/python -m pytest tests/test_simulation_random.py -q -k months
+	FAULT_EXAMPLES=$(FAULT_EXAMPLES) $(BIN)/python -m pytest tests/test_rotation_faults.py -q -k random_schedules
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis .run

@@ -32,10 +32,12 @@ from typing import Any
 
 from emulator.sandbox import EmulatorControl
 from shared import clock, discovery, events, queues, rotation
+from shared.messages import RotationMessage
 from shared.queues import Peeked, Received, encode
 from shared.record import RotationRecord
 from shared.rotation import Deps
 from shared.settings import Settings
+from shared.store import RotationStore
 from shared.vault import MANAGED_BY, MANAGED_BY_TAG
 from tests.support.invariants import check_state, check_stuck
 
@@ -228,6 +230,7 @@ class AlertLog(logging.Handler):
 
 # -- the host --------------------------------------------------------------------------------------------------
 WorldEvent = Callable[["Simulation"], Awaitable[None] | None]
+_KeyVaultEvent = tuple[datetime, str, str, str, str, int]  # when, event type, vault, secret name, version, exp
 
 
 @dataclass(order=True)
@@ -266,6 +269,7 @@ class Simulation:
         self.log: list[str] = []  # what happened, for a failure message
         self.initial: dict[str, Any] | None = None
         self.seed: int | None = None
+        self._vault_read: tuple[int, list[_KeyVaultEvent]] | None = None  # (keyvault mutations, every event)
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -291,8 +295,24 @@ class Simulation:
         """Advance through `duration` of simulated time, doing at each instant what the host would."""
         if self.initial is None:
             self.initial = self.emulator.state()
+        self._vault_read = None  # the test may have changed the estate between runs
         with self._installed():
             await self._loop(self.now() + duration)
+
+    async def settle(self, limit: timedelta, step: timedelta = timedelta(hours=1)) -> None:
+        """Run on until the queue is empty (what was started has ended or is parked on nothing), at most `limit`:
+        a bounded run ends between rotations, not inside one."""
+        end = self.now() + limit
+        while self.queues.messages and self.now() < end:
+            await self.run(min(step, end - self.now()))
+
+    async def submit(self, messages: Sequence[RotationMessage]) -> list[rotation.SubmitResult]:
+        """Queue `messages` as a producer does (`rotation.submit`: dedup, record), on the simulated queue and clock."""
+        with self._installed():
+            async with RotationStore(self.settings) as store:
+                await store.ensure()
+                rotations = queues.open_queues(self.settings)  # this simulation's queue
+                return [await rotation.submit(self.settings, m, store=store, queues=rotations) for m in messages]
 
     def world(self, event: str, **body: Any) -> WorldEvent:
         """A world event for `at`/`after`: `POST /_emulator/world/{event}` (docs/emulator.md, "World events")."""
@@ -332,16 +352,10 @@ class Simulation:
                     self.clock.advance_to(end)
                     return
                 self.clock.advance_to(moment)
-                if deps is None or self.now() - opened_at > TOKEN_REFRESH:
-                    if deps_cm is not None:
-                        await deps_cm.__aexit__(None, None, None)
-                    deps_cm = Deps.open(self.settings, sdk_kwargs=self.sdk_kwargs, graph_attempts=2)
-                    deps = await deps_cm.__aenter__()
-                    deps.sleep = self._sleep
-                    opened_at = self.now()
                 while self._world and self._world[0].at <= self.now():
                     item = heapq.heappop(self._world)
                     self.log.append(f"{self.now():%Y-%m-%d %H:%M} world: {item.label}")
+                    self._vault_read = None  # a world event may change Key Vault without a Key Vault request
                     result = item.action(self)
                     if asyncio.iscoroutine(result):
                         await result
@@ -350,6 +364,17 @@ class Simulation:
                     next_timer = next_fire(self.settings.rotation_schedule, self.now())
                 if self.keyvault_events:
                     await self._keyvault_events()
+                if (visible := self.queues.next_visible()) is None or visible > self.now():
+                    if self.now() >= end:
+                        return
+                    continue  # nothing to deliver: no clients to open (most instants of a long run)
+                if deps is None or self.now() - opened_at > TOKEN_REFRESH:
+                    if deps_cm is not None:
+                        await deps_cm.__aexit__(None, None, None)
+                    deps_cm = Deps.open(self.settings, sdk_kwargs=self.sdk_kwargs, graph_attempts=2)
+                    deps = await deps_cm.__aenter__()
+                    deps.sleep = self._sleep
+                    opened_at = self.now()
                 report = await rotation.drain(
                     self.settings,
                     deps=deps,
@@ -380,7 +405,15 @@ class Simulation:
         self.log.append(f"{self.now():%Y-%m-%d %H:%M} scan {outcome}")
 
     # Key Vault events: SecretNearExpiry 30 days before exp of a secret's latest version, SecretExpired at exp.
-    def _keyvault_schedule(self) -> list[tuple[datetime, str, str, str, str, int]]:
+    def _keyvault_schedule(self) -> list[_KeyVaultEvent]:
+        """The events not sent yet. The vault is read again only after a Key Vault write (the emulator's count of
+        `mutations.keyvault`) or a world event: reading the whole truth at every instant dominated long runs."""
+        writes = self.emulator.requests().get("mutations.keyvault", 0)
+        if self._vault_read is None or self._vault_read[0] != writes:
+            self._vault_read = (writes, self._read_keyvault_events())
+        return [event for event in self._vault_read[1] if (event[4], event[1]) not in self.events_sent]
+
+    def _read_keyvault_events(self) -> list[_KeyVaultEvent]:
         out = []
         for vault in self.emulator.state()["vaults"]:
             for name, versions in vault["secrets"].items():
@@ -392,11 +425,10 @@ class Simulation:
                     continue
                 exp = datetime.fromtimestamp(latest["exp"], tz=UTC)
                 for when, kind in ((exp - timedelta(days=NEAR_EXPIRY_DAYS), events.NEAR_EXPIRY), (exp, events.EXPIRED)):
-                    if (latest["version"], kind) not in self.events_sent:
-                        out.append((when, kind, vault["name"], name, latest["version"], int(latest["exp"])))
+                    out.append((when, kind, vault["name"], name, latest["version"], int(latest["exp"])))
         return sorted(out)
 
-    def _next_keyvault_event(self) -> tuple[datetime, str, str, str, str, int] | None:
+    def _next_keyvault_event(self) -> _KeyVaultEvent | None:
         schedule = self._keyvault_schedule()
         return schedule[0] if schedule else None
 

@@ -22,13 +22,27 @@ def estate(
     subscriptions: int = 1,
 ) -> dict[str, Any]:
     """An estate of SP clusters. Each entry: `name`, `days` (expiry of its one password), optional `app` (a name:
-    clusters with the same `app` share one application), `on_sp`, `tags`, `subscription` (index), `node_count`."""
+    clusters with the same `app` share one application), `on_sp`, `tags`, `subscription` (index), `node_count`;
+    `msi: true` makes a managed-identity cluster (no application, nothing to rotate)."""
     rng = random.Random(seed)
     subs = [{"id": _uuid(rng), "display_name": f"sub-{i}"} for i in range(subscriptions)]
     doc = seeds.base(rng, subs)
     doc["lro"] = {"base_seconds": lro_seconds, "per_node_seconds": per_node_seconds}
     apps: dict[str, dict[str, Any]] = {}
     for spec in clusters:
+        sub = subs[spec.get("subscription", 0)]
+        if spec.get("msi"):
+            doc["clusters"].append(
+                {
+                    "subscription_id": sub["id"],
+                    "resource_group": f"rg-{spec['name']}",
+                    "name": spec["name"],
+                    "client_id": "msi",
+                    "node_count": spec.get("node_count", 3),
+                    "tags": spec.get("tags", {}),
+                }
+            )
+            continue
         app_name = spec.get("app", spec["name"] + "-sp")
         app = apps.get(app_name)
         if app is None:
@@ -40,7 +54,6 @@ def estate(
                 app["password_credentials"] = [password]
             apps[app_name] = app
             doc["applications"].append(app)
-        sub = subs[spec.get("subscription", 0)]
         doc["clusters"].append(
             {
                 "subscription_id": sub["id"],
