@@ -29,6 +29,7 @@ from shared.queues import RotationQueues
 from shared.settings import Settings
 from shared.store import RotationStore
 from tests.support.engine import (
+    REALISTIC,
     check_invariants,
     cluster_by_name,
     demo_estate,
@@ -42,7 +43,6 @@ from tests.support.engine import (
     submit_all,
 )
 from tests.support.sim import Simulation
-from tests.test_simulation import REALISTIC
 
 DUE = ("aks-payments", "aks-checkout")  # password on the application / on the service principal
 NO_LIMITS = {

@@ -1,6 +1,5 @@
-"""What the randomized simulations (tests/test_simulation_random.py) found the product does not handle yet: each
-shrunk to a minimal deterministic scenario, `xfail(strict=True)` with the reason (the fix removes the mark).
-The random mix leaves out only the combinations covered here (listed in test_simulation_random.draw_plan)."""
+"""What the randomized simulations (tests/test_simulation_random.py) found: each shrunk to a minimal deterministic
+scenario, `xfail(strict=True)` with the reason until the product handles it, then kept as a regression test."""
 
 from __future__ import annotations
 
@@ -11,8 +10,8 @@ import pytest
 
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
+from tests.support.engine import World
 from tests.support.world import estate
-from tests.test_simulation import World
 
 LRO_FAIL = {"kind": "lro_fail", "surface": "arm", "operation": "resetServicePrincipalProfile", "times": 1}
 
@@ -31,12 +30,6 @@ def world(emulator: EmulatorControl, azurite: Azurite, clusters: list[dict[str, 
 
 
 # Found by seed 1005 (30 days): `lro_location_only` with a transient `lro_fail` of the reset.
-@pytest.mark.xfail(
-    strict=True,
-    reason="a failed reset polled through `Location` (ARM answers the operation's error status there) is taken for "
-    "a transient error: verify fails every delivery, the message is poisoned into 'failed' and the new password "
-    "is left on the application, tracked nowhere (invariant 4: leak)",
-)
 def test_failed_reset_seen_through_location_is_a_failed_reset(
     emulator_cleared: EmulatorControl, azurite: Azurite
 ) -> None:

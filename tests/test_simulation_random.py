@@ -24,9 +24,9 @@ import pytest
 from emulator.azurite import Azurite
 from emulator.modes import URL_FORMS
 from emulator.sandbox import EmulatorControl
+from tests.support.engine import World
 from tests.support.sim import Simulation
 from tests.support.world import estate
-from tests.test_simulation import World
 
 DEFAULT_SEEDS = (1, 2, 3, 4, 5, 6, 7)  # together: every event kind and every field mode
 DEFAULT_DAYS = 30.0
@@ -155,7 +155,7 @@ def draw_plan(seed: int, run_days: float) -> Plan:
                     {"kind": "status", "surface": surface, "operation": operation, "status": status, "times": 2}
                 )
             # A failed reset polled through `Location` is covered by tests/test_simulation_found.py.
-            if rng.random() < 0.3 and not modes.get("lro_location_only"):
+            if rng.random() < 0.3:
                 rules.append(
                     {"kind": "lro_fail", "surface": "arm", "operation": "resetServicePrincipalProfile", "times": 1}
                 )
