@@ -438,7 +438,7 @@ FAULT_SPECS = st.one_of(
 # promise is asserted after, liveness included: every submitted rotation is terminal or alerted.
 # `FAULT_EXAMPLES` sets the number of examples (the long mode, `make simulate`).
 SCHEDULE_HOURS = 12
-FAULT_EXAMPLES = int(os.environ.get("FAULT_EXAMPLES", "200"))
+FAULT_EXAMPLES = int(os.environ.get("FAULT_EXAMPLES", "100"))
 
 
 @pytest.mark.slow
