@@ -220,3 +220,22 @@ def test_a_forged_urgent_message_cannot_force_an_upgrade_outside_the_window(
     world.run(2)
     assert not [op for op in emulator.state()["operations"] if op["clusterId"].lower() == cluster["id"].lower()]
     world.check()
+
+
+def test_the_opt_out_tag_stops_every_entry_point(make_world: Any, emulator: EmulatorControl) -> None:
+    world = make_world([{"name": "aks-a", "days": 10, "tags": {"aks-rotator-opt-out": "true"}}])
+    cluster = world.cluster("aks-a")
+
+    async def on_demand(_sim: Simulation) -> None:
+        await rotation.rotate_now(world.settings, cluster["id"], dry_run=False)  # `aks-rotator rotate`
+        hand = new_rotation_message(
+            cluster_id=cluster["id"], kind=CredentialKind.SP_SECRET, reason="due", app_id=cluster["clientId"]
+        )
+        await _sim.queues.send(hand.to_json())  # a hand-written queue message
+
+    world.sim.after(timedelta(minutes=1), on_demand, "rotate and a queue message for an opted-out cluster")
+    world.run(2)
+    assert not [op for op in emulator.state()["operations"] if op["clusterId"].lower() == cluster["id"].lower()]
+    records = world.records()
+    assert records and all(r.phase == "skipped" for r in records.values()), records
+    world.check()

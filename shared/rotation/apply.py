@@ -20,7 +20,7 @@ from azure.core.exceptions import AzureError
 
 from shared import windows as win
 from shared.aks import AksError, AuthorizationFailed, ClusterBusy, ClusterInfo, ClusterNotFound, CredentialsRejected
-from shared.cluster_tags import certificates_opted_in
+from shared.cluster_tags import certificates_opted_in, opted_out
 from shared.logs import EVENT_ROTATION_BLOCKED, alert, log_event
 from shared.messages import CredentialKind
 from shared.record import Phase, RotationState
@@ -136,6 +136,8 @@ async def step_apply(run: Delivery) -> Result:
             raise Failure("certificate rotation: the cluster is not opted in", cleanup=False)
     elif (cluster.sp_client_id or "").lower() != (row.app_id or "").lower():
         raise Failure(f"apply: the cluster no longer uses application {row.app_id}")
+    if opted_out(run.settings, cluster) and not row.cluster_may_hold_new:
+        raise Failure(f"the cluster was opted out ({run.settings.opt_out_tag}) before the reset: nothing was applied")
     if cluster.stopped:
         return await blocked(run, stopped_reason(cluster, row.observed_expiry), int(STOPPED_RECHECK.total_seconds()))
     if cluster.provisioning_state.lower() in BUSY_STATES:

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from shared.aks import AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound, effective_actions
 from shared.azure import ARM_AUDIENCE, secret_credential
+from shared.cluster_tags import opted_out
 from shared.credentials import password_display_name, passwords, product_created
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, NewPassword, PasswordPolicyError
 from shared.logs import EVENT_ROTATION_BLOCKED, alert, log_event
@@ -126,6 +127,11 @@ async def step_create(run: Delivery) -> Result:
     deps, rid, now = run.deps, run.rid, run.now()
     creds = await lookup(run)
     cluster, versions = await check_rights(run, creds)
+    if run.row.phase is Phase.START and opted_out(run.settings, cluster):
+        # Whatever started it (timer, event, HTTP, CLI, a queue message): the opt-out tag wins. Nothing changes.
+        await run.save(state=RotationState.SUCCEEDED, phase=Phase.SKIPPED)
+        await run.audit("create", "skipped", f"the cluster is opted out ({run.settings.opt_out_tag}); nothing changed")
+        return Done("opted out")
     chosen = plan(rid, creds, versions, now)
     if chosen.observed_expiry is not None and chosen.observed_expiry != run.row.observed_expiry:
         await run.save(observed_expiry=chosen.observed_expiry)  # the truth, not what the message claimed
