@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from shared import cli_views as views
-from shared import console, discovery, events, permissions, report_html, rotation, shards
+from shared import clock, console, discovery, events, permissions, report_html, rotation, shards
 from shared import report as estate
 from shared.azure import product_credential
 from shared.logs import redact
@@ -247,7 +247,7 @@ def report(
     settings = _settings()
     scanned = _scan(settings, dry_run=True)
     rows = _rotation_rows(settings)
-    page = report_html.render(scanned, rows or [], now=scanned.started_at or datetime.now(UTC), runbook=_runbook())
+    page = report_html.render(scanned, rows or [], now=scanned.started_at or clock.now(), runbook=_runbook())
     try:
         html.write_text(page, encoding="utf-8")
     except OSError as exc:

@@ -23,9 +23,13 @@ class Plan:
     holder: Holder
     object_id: str
     old_key_ids: list[str]
-    observed_expiry: datetime | None
     note: str
     password: PasswordInfo | None = None  # the one the cluster uses (None when the application has none)
+
+    @property
+    def observed_expiry(self) -> datetime | None:
+        """When the cluster's secret expires, as far as the rule can tell."""
+        return self.password.end if self.password is not None else None
 
 
 def plan(rotation_id: str, creds: AppCredentials, versions: Sequence[StoredVersion], now: datetime) -> Plan:
@@ -38,9 +42,9 @@ def plan(rotation_id: str, creds: AppCredentials, versions: Sequence[StoredVersi
     if found is None:
         # No password at all: add to the application (or the service principal if no application is visible).
         if creds.application_object_id:
-            return Plan("application", creds.application_object_id, [], None, "the application has no password")
+            return Plan("application", creds.application_object_id, [], "the application has no password")
         if creds.service_principal_object_id:
-            return Plan("servicePrincipal", creds.service_principal_object_id, [], None, "no password")
+            return Plan("servicePrincipal", creds.service_principal_object_id, [], "no password")
         raise Failure(f"application {creds.app_id} is not visible to the product", cleanup=False)
     chosen, basis = found
     if basis is Basis.KEYVAULT:
@@ -51,22 +55,22 @@ def plan(rotation_id: str, creds: AppCredentials, versions: Sequence[StoredVersi
             if version.labels.state is VersionState.PREVIOUS and key in present and key not in old:
                 old.append(key)
         note = "the cluster's key is known from Key Vault"
-        return Plan(chosen.holder, chosen.object_id, old, chosen.password.end, note, chosen.password)
+        return Plan(chosen.holder, chosen.object_id, old, note, chosen.password)
     if basis is Basis.CHANGED_OUTSIDE:
         note = (
             "a password newer than Key Vault's was added outside the product: which one the cluster holds is unknown, "
             "so the earliest expiry decides and no pre-existing password will be removed"
         )
-        return Plan(chosen.holder, chosen.object_id, [], chosen.password.end, note, chosen.password)
+        return Plan(chosen.holder, chosen.object_id, [], note, chosen.password)
     # Passwords created by this product for other clusters' rotations are not candidates: Key Vault knows them.
     foreign = [h for h in everything if product_created(h.password) is None]
     if len(foreign) == 1 and foreign[0].object_id == chosen.object_id:
         only = foreign[0].password
         note = "the holder has a single password"
-        return Plan(chosen.holder, chosen.object_id, [only.key_id], only.end, note, only)
+        return Plan(chosen.holder, chosen.object_id, [only.key_id], note, only)
     untouched = len([h for h in everything if product_created(h.password) != rotation_id])
     note = f"first rotation with {untouched} passwords on the app: left {untouched} pre-existing credentials untouched"
-    return Plan(chosen.holder, chosen.object_id, [], chosen.password.end, note, chosen.password)
+    return Plan(chosen.holder, chosen.object_id, [], note, chosen.password)
 
 
 def is_due(row: RotationRecord, chosen: Plan, now: datetime, threshold_days: int) -> bool:

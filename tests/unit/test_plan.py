@@ -140,7 +140,8 @@ def row(reason: str, expiry_days: float | None = None) -> RotationRecord:
 )
 def test_is_due(reason: str, observed_days: float | None, due: bool) -> None:
     observed = None if observed_days is None else NOW + timedelta(days=observed_days)
-    chosen = Plan("application", "A", [], observed, "", pw("k", observed_days) if observed_days is not None else None)
+    chosen = Plan("application", "A", [], "", pw("k", observed_days) if observed_days is not None else None)
+    assert chosen.observed_expiry == observed
     assert is_due(row(reason), chosen, NOW, threshold_days=30) is due
 
 
@@ -160,7 +161,7 @@ def test_a_lifetime_capped_below_the_threshold_is_due_at_half_of_it(
     password = PasswordInfo(
         "k", None, NOW - timedelta(days=lifetime_days - left_days), NOW + timedelta(days=left_days), None
     )
-    chosen = Plan("application", "A", [], password.end, "", password)
+    chosen = Plan("application", "A", [], "", password)
     assert is_due(row("due"), chosen, NOW, threshold_days=30) is due
 
 
