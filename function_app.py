@@ -73,10 +73,10 @@ async def http_status(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.route(route="rotations", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def http_request_rotation(req: func.HttpRequest) -> func.HttpResponse:
-    """Request rotation of one cluster; the body is validated like a queue message."""
+    """Request rotation of one cluster; the body is validated like a queue message, the caller audited."""
     from shared import api
 
-    return _json(await api.request_rotation(settings(), req.get_body()))
+    return _json(await api.request_rotation(settings(), req.get_body(), req.headers))
 
 
 def _json(response: ApiResponse) -> func.HttpResponse:

@@ -672,6 +672,8 @@ async def _queue(
             if (rid in states and not retry) or running is not None:
                 rid = running or rid
                 state = states.get(rid)
+                if state == "pending" and queues is not None:  # its first message may be lost: send it again
+                    await rotation.resend_pending(store, queues, rid)
                 detail = (
                     f"rotation {rid} failed: see `aks-rotator status --rotation {rid}`"
                     if state == "failed"

@@ -8,6 +8,7 @@ query. It never echoes a secret or a large payload.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from shared.logs import EVENT_INPUT_REJECTED, log_event, redact
 from shared.messages import InvalidInput, new_correlation_id
@@ -18,9 +19,15 @@ EXCERPT_CHARS = 200
 
 
 async def reject(
-    store: RotationStore, source: str, problem: InvalidInput, raw: str | bytes, correlation_id: str | None = None
+    store: RotationStore,
+    source: str,
+    problem: InvalidInput,
+    raw: str | bytes,
+    correlation_id: str | None = None,
+    **fields: Any,
 ) -> str:
-    """Record a rejected input; returns the correlation id to hand back to the caller."""
+    """Record a rejected input; returns the correlation id to hand back to the caller. `fields` (who sent it, when
+    known: `shared.caller`) go into the log line."""
     correlation_id = correlation_id or new_correlation_id()
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     # Lone surrogates (a str that never was UTF-8) cannot be stored or logged as text: mark them like bad bytes.
@@ -34,6 +41,7 @@ async def reject(
         source=source,
         field=redact(problem.field) if problem.field else None,
         correlation_id=correlation_id,
+        **fields,
     )
     await store.record_rejection(source, reason, correlation_id, redact(text)[:EXCERPT_CHARS])
     return correlation_id

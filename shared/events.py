@@ -1,6 +1,8 @@
 """Key Vault events (Event Grid) → the same rotation messages the timer queues.
 
-Key Vault publishes `Microsoft.KeyVault.SecretNearExpiry` (30 days before `exp`) and `SecretExpired` for the
+Event Grid writes each event to the `keyvault-events` Storage queue as one message holding one JSON event; the
+queue trigger hands its body over as bytes (`function_app.keyvault_events`), `aks-rotator event FILE` the bytes of
+a file. Key Vault publishes `Microsoft.KeyVault.SecretNearExpiry` (30 days before `exp`) and `SecretExpired` for the
 *current* version of a secret, in the Event Grid schema or the CloudEvents 1.0 schema. The documented samples
 are inconsistent about field casing (`Id`/`VaultName`/`NBF`/`EXP` vs `id`/`vaultName`/`nbf`/`exp`) and send
 `NBF`/`EXP` as strings of epoch seconds where the schema says numbers, so both are accepted here.
@@ -76,13 +78,8 @@ def _text(data: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None
     return value
 
 
-def parse_event(raw: str | bytes | dict[str, Any]) -> SecretEvent:
+def parse_event(raw: str | bytes) -> SecretEvent:
     """Parse one Event Grid or CloudEvents Key Vault event; `InvalidInput` on anything malformed."""
-    if isinstance(raw, dict):  # the host's envelope: the same size limit applies to its JSON form
-        try:
-            raw = json.dumps(raw, ensure_ascii=False)
-        except (TypeError, ValueError, RecursionError):
-            raise InvalidInput("event is not a JSON document") from None
     if isinstance(raw, str):
         try:
             raw = raw.encode("utf-8")
@@ -94,7 +91,7 @@ def parse_event(raw: str | bytes | dict[str, Any]) -> SecretEvent:
         doc = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise InvalidInput("event is not valid JSON") from None
-    if isinstance(doc, list) and len(doc) == 1:  # Event Grid delivers arrays to webhooks
+    if isinstance(doc, list) and len(doc) == 1:  # a file saved from the documented samples, which are arrays
         doc = doc[0]
     if not isinstance(doc, dict):
         raise InvalidInput("event must be a JSON object")
@@ -146,7 +143,7 @@ class EventOutcome:
     rotation_id: str | None = None
 
 
-async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) -> EventOutcome:
+async def handle_event(settings: Settings, raw: str | bytes) -> EventOutcome:
     """The Key Vault events trigger: validate, map the secret to its cluster by our tags, queue through `submit`."""
     try:
         event = parse_event(raw)
@@ -202,14 +199,7 @@ async def handle_event(settings: Settings, raw: str | bytes | dict[str, Any]) ->
     return EventOutcome(result.status, result.detail, message.rotation_id)
 
 
-async def _reject(settings: Settings, problem: InvalidInput, raw: str | bytes | dict[str, Any]) -> None:
-    if isinstance(raw, dict):
-        try:
-            text: str | bytes = json.dumps(raw, default=str, ensure_ascii=False)
-        except (TypeError, ValueError, RecursionError):
-            text = "(an event that is not a JSON document)"
-    else:
-        text = raw
+async def _reject(settings: Settings, problem: InvalidInput, raw: str | bytes) -> None:
     async with RotationStore(settings) as store:
         await store.ensure()
-        await edge.reject(store, "eventgrid", problem, text)
+        await edge.reject(store, "eventgrid", problem, raw)

@@ -20,6 +20,7 @@ from shared.azure import product_credential
 from shared.discovery import DiscoveryError, Finding, ScanReport
 from shared.messages import parse_message
 from shared.queues import RotationQueues
+from shared.record import RotationState
 from shared.settings import Settings
 from shared.store import RotationStore
 from shared.vault import VaultStore, secret_name_for
@@ -163,7 +164,8 @@ def test_failed_rotation_is_retried_once_a_day(emulator: EmulatorControl, settin
         async with RotationStore(settings) as store:
             row = await store.get(failed_id)
             assert row is not None
-            await store.save(row.model_copy(update={"state": "failed", "failure_reason": "test: Entra refused"}))
+            failed = {"state": RotationState.FAILED, "failure_reason": "test: Entra refused"}
+            await store.save(row.model_copy(update=failed))
 
     asyncio.run(fail_it())
     retry = _by(_scan(settings), "aks-payments", "sp_secret")

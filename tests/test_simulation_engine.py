@@ -118,7 +118,7 @@ def test_timer_event_api_and_cli_racing_for_one_cluster_start_one_rotation(make_
         ]
         results = await asyncio.gather(
             discovery.run_scheduled(sim.settings),
-            events.handle_event(sim.settings, event),
+            events.handle_event(sim.settings, json.dumps(event).encode()),
             api.request_rotation(sim.settings, body),
             rotation.rotate_now(sim.settings, cluster["id"], dry_run=False),
             *(rotation.submit(sim.settings, message) for message in bare),

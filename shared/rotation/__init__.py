@@ -9,7 +9,7 @@ Map (docs/architecture.md): `phases` (what each phase means) · `machine` (one d
 from shared.credentials import DISPLAY_NAME_PREFIX, password_display_name
 from shared.rotation.deps import Deps
 from shared.rotation.machine import MAX_DEQUEUE_COUNT, StepOutcome, handle_message, handle_poison
-from shared.rotation.submit import RETRIED_REASONS, SubmitResult, rotate_now, submit
+from shared.rotation.submit import RETRIED_REASONS, SubmitResult, resend_pending, rotate_now, submit
 from shared.rotation.views import AuditView, RotationView, status
 from shared.rotation.worker import DrainReport, drain
 
@@ -27,6 +27,7 @@ __all__ = [
     "handle_message",
     "handle_poison",
     "password_display_name",
+    "resend_pending",
     "rotate_now",
     "status",
     "submit",

@@ -34,7 +34,7 @@ from shared.rotation.finish import fail, step_cleanup, step_finish, step_retire
 from shared.rotation.phases import CERTIFICATE_SKIPS, poison_may_clean_up, waits_out_trouble
 from shared.rotation.results import Done, Failure, Result, Wait
 from shared.settings import Settings
-from shared.store import AlreadyExists, StaleRecord
+from shared.store import StaleRecord
 
 log = logging.getLogger("shared.rotation")
 
@@ -134,22 +134,25 @@ async def wait_out(run: Delivery, exc: Exception) -> Wait:
     return Wait(delay, detail)
 
 
-def record_for(message: RotationMessage) -> RotationRecord:
-    return RotationRecord(
-        rotation_id=message.rotation_id,
-        cluster_id=message.cluster_id,
-        kind=message.kind,
-        app_id=message.app_id,
-        observed_expiry=message.observed_expiry,
-        reason=message.reason,
-        correlation_id=message.correlation_id,
-        attempts=message.attempt,
-    )
+def _submitted(message: RotationMessage, row: RotationRecord | None) -> RotationRecord:
+    """The row of a message `submit` could have sent; `InvalidInput` for any other message. Only `submit` writes a
+    rotation's row, before its first message; the row, not the message, says what the rotation is."""
+    if row is None:
+        raise InvalidInput("rotation_id: no such rotation was submitted", "rotation_id")
+    if (
+        message.cluster_key != row.cluster_id.lower()
+        or message.kind is not row.kind
+        or (message.app_id or "") != (row.app_id or "").lower()
+    ):
+        raise InvalidInput("the message names another cluster, kind or application than its rotation")
+    return row
 
 
-async def _reject(deps: Deps, body: str, exc: InvalidInput, source: str) -> StepOutcome:
-    """Invalid queue input: parked on the poison queue as the host would, recorded, logged (shared.edge)."""
-    await deps.queues.poison(body.encode("utf-8", errors="replace").decode("utf-8"))
+async def _reject(deps: Deps, body: str, exc: InvalidInput, source: str, *, park: bool = True) -> StepOutcome:
+    """Invalid queue input: recorded, logged (shared.edge) and parked on the poison queue as the host would, unless
+    `park` is off (a well-formed message nobody submitted: the record is all there is to keep)."""
+    if park:
+        await deps.queues.poison(body.encode("utf-8", errors="replace").decode("utf-8"))
     correlation_id = await edge.reject(deps.store, source, exc, body)
     return StepOutcome("rejected", detail=f"{redact(exc.reason)} (correlation id {correlation_id})")
 
@@ -167,6 +170,10 @@ async def handle_message(
             check_allowed(settings, message.cluster_id)
         except InvalidInput as exc:
             return await _reject(d, body, exc, "queue")
+        try:  # before the lock: a message nobody submitted must not hold up the cluster's real rotations
+            _submitted(message, await d.store.get(message.rotation_id))
+        except InvalidInput as exc:
+            return await _reject(d, body, exc, "queue", park=False)
         try:
             async with d.locks.hold(message.cluster_id) as lease:
                 return await _deliver(d, message, lease, dequeue_count)
@@ -178,14 +185,14 @@ async def handle_message(
 
 async def _deliver(deps: Deps, message: RotationMessage, lease: ClusterLease, dequeue_count: int) -> StepOutcome:
     """Exactly one live message: a lower attempt than the row expects is stale; a higher one is adopted (the
-    sender crashed between sending the next message and saving the row)."""
+    sender crashed between sending the next message and saving the row). A message `submit` did not send is
+    rejected; one that arrives before the row's `not_before` waits for it (a copy can wake a rotation, never
+    hurry it)."""
     for _ in range(3):
-        row = await deps.store.get(message.rotation_id)
-        if row is None:
-            try:
-                row = await deps.store.create(record_for(message))
-            except AlreadyExists:
-                continue
+        try:
+            row = _submitted(message, await deps.store.get(message.rotation_id))
+        except InvalidInput as exc:
+            return await _reject(deps, message.to_json(), exc, "queue", park=False)
         if row.terminal:
             return _outcome("duplicate", row, detail="already finished")
         if message.attempt < row.attempts:
@@ -195,9 +202,11 @@ async def _deliver(deps: Deps, message: RotationMessage, lease: ClusterLease, de
             if message.attempt > row.attempts:
                 await run.save(attempts=message.attempt)
             now = clock.now()
-            if message.not_before is not None and message.not_before > now + EARLY_TOLERANCE:
-                # Delivered early (a wait longer than the queue's 7-day visibility cap): wait the rest.
-                delay = int((message.not_before - now).total_seconds()) + 1
+            due = max((t for t in (message.not_before, run.row.not_before) if t is not None), default=None)
+            if due is not None and due > now + EARLY_TOLERANCE:
+                # Delivered early (a wait longer than the queue's 7-day visibility cap, or a copy that does not
+                # know the wait): wait the rest.
+                delay = int((due - now).total_seconds()) + 1
                 keep = RotationState.WAITING if run.row.state is RotationState.WAITING else RotationState.RUNNING
                 await run.requeue(delay, state=keep, detail="not yet due")
                 return _outcome("waiting", run.row, delay, "not yet due")
@@ -230,15 +239,20 @@ async def handle_poison(settings: Settings, body: str, *, deps: Deps | None = No
             correlation_id = await edge.reject(d.store, "poison", exc, body)
             alert(log, "rotation.poison", "an invalid message reached the poison queue", correlation_id=correlation_id)
             return
-        row = await d.store.get(message.rotation_id)
-        phase = row.phase if row is not None else Phase.START
-        if row is not None and not row.terminal and waits_out_trouble(row):
+        try:
+            row = _submitted(message, await d.store.get(message.rotation_id))
+        except InvalidInput as exc:
+            await edge.reject(d.store, "poison", exc, body)
+            return
+        if message.attempt < row.attempts and not row.terminal:
+            await d.store.audit(row.rotation_id, "poison", "ignored", "a poisoned stale copy: a newer message is live")
+            return
+        phase = row.phase
+        if not row.terminal and waits_out_trouble(row):
             await _resume(d, message, row)
             return
         reason = f"{phase}: gave up after {MAX_DEQUEUE_COUNT} failed deliveries (poison queue)"
         alert(log, "rotation.poison", reason, rotation_id=message.rotation_id, cluster_id=message.cluster_id)
-        if row is None:
-            row = await d.store.create(record_for(message))
         if row.terminal:
             await d.store.audit(message.rotation_id, "poison", "ignored", "a poisoned copy of a finished rotation")
             return

@@ -438,7 +438,7 @@ class Simulation:
                 break
             self.events_sent.add((version, kind))
             doc = keyvault_event(kind, vault, name, version, exp)
-            outcome = await events.handle_event(self.settings, doc)
+            outcome = await events.handle_event(self.settings, json.dumps(doc).encode())  # as the queue has it
             self.log.append(f"{self.now():%Y-%m-%d %H:%M} keyvault {kind.rsplit('.', 1)[-1]} {name}: {outcome.action}")
 
 
