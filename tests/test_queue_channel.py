@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -19,9 +19,9 @@ import pytest
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import clock, rotation
-from shared.messages import RotationMessage
+from shared.messages import CredentialKind, RotationMessage, new_rotation_message
 from shared.queues import RotationQueues
-from shared.rotation.submit import UNSENT_AFTER
+from shared.rotation.submit import UNSENT_AFTER, message_for
 from shared.settings import Settings
 from shared.store import RotationStore
 from tests.plugins.azurite import StorageNames
@@ -35,6 +35,7 @@ from tests.support.engine import (
     run_until_idle,
     submit_all,
 )
+from tests.support.sim import Simulation
 
 
 @pytest.fixture
@@ -183,3 +184,95 @@ def test_the_scan_sends_again_a_message_lost_after_its_row_was_written(
     records = asyncio.run(rows(rot))
     assert set(records) == set(pending)
     assert {r.state for r in records.values()} == {"succeeded"}
+
+
+# -- simulated weeks: the emulator's truth is the judge ---------------------------------------------------------
+def _window(emulator: EmulatorControl, days_ahead: int) -> tuple[str, datetime]:
+    """A one-hour window `days_ahead` days from the emulator's now, and when it opens."""
+    now = datetime.fromisoformat(emulator.state()["now"].replace("Z", "+00:00"))
+    day = (now + timedelta(days=days_ahead)).date()
+    return f"{day:%a} 23:00-23:59", datetime.combine(day, time(23, 0), tzinfo=UTC)
+
+
+def _resets(emulator: EmulatorControl, cluster_id: str) -> list[dict[str, Any]]:
+    return [op for op in emulator.state()["operations"] if op["clusterId"].lower() == cluster_id.lower()]
+
+
+def test_a_hand_written_message_with_a_fresh_id_is_rejected_in_a_simulated_week(
+    make_world: Any, emulator: EmulatorControl, caplog: pytest.LogCaptureFixture
+) -> None:
+    window, _opens = _window(emulator, 4)
+    world = make_world([{"name": "aks-a", "days": 200}], MAINTENANCE_WINDOW=window)
+    cluster = world.cluster("aks-a")
+    forged = new_rotation_message(
+        cluster_id=cluster["id"], kind=CredentialKind.SP_SECRET, reason="expired", app_id=cluster["clientId"]
+    )
+
+    async def hand_written(sim: Simulation) -> None:
+        await sim.queues.send(forged.model_copy(update={"attempt": 7}).to_json())
+
+    world.sim.after(timedelta(minutes=1), hand_written, "a hand-written message with a fresh id")
+    with caplog.at_level(logging.WARNING):
+        world.run(7)  # past the window: nothing may have started, in it or out of it
+    assert not _resets(emulator, cluster["id"])
+    assert world.records() == {}
+    rejected = [r for r in caplog.records if getattr(r, "event", None) == "input.rejected"]
+    assert rejected and "no such rotation was submitted" in rejected[0].getMessage()
+    world.check()
+
+
+def test_a_hand_written_copy_of_a_real_rotation_can_only_advance_it_in_its_window(
+    make_world: Any, emulator: EmulatorControl
+) -> None:
+    window, opens = _window(emulator, 4)
+    world = make_world([{"name": "aks-a", "days": 12}], MAINTENANCE_WINDOW=window)  # due, not urgent
+    cluster = world.cluster("aks-a")
+    seen: dict[str, Any] = {}
+
+    async def hand_written(sim: Simulation) -> None:
+        async with RotationStore(sim.settings) as store:
+            (row,) = await store.list(cluster_id=cluster["id"])
+        seen["waiting"] = (row.state, row.phase)
+        copy = message_for(row, row.attempts + 5).model_copy(update={"reason": "expired"})  # no not_before
+        for _ in range(3):
+            await sim.queues.send(copy.to_json())
+
+    def before_the_window(_sim: Simulation) -> None:
+        seen["before"] = _resets(emulator, cluster["id"])
+
+    world.sim.after(timedelta(days=1), hand_written, "hand-written copies of the waiting rotation's message")
+    world.sim.at(opens - timedelta(minutes=5), before_the_window, "just before the window opens")
+    world.run(6)
+    assert seen["waiting"] == ("waiting", "apply"), seen
+    assert seen["before"] == []  # the copies woke it, and it went on waiting for its window
+    assert _resets(emulator, cluster["id"])  # then it applied in the window
+    assert {r.state for r in world.records().values()} == {"succeeded"}
+    world.check()
+
+
+def test_an_early_copy_waits_for_the_time_its_row_waits_for(
+    emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
+) -> None:
+    closed_day = (datetime.now(UTC) + timedelta(days=3)).strftime("%A")  # a window that is certainly not open now
+    doc = demo_estate()
+    for cluster in doc["clusters"]:
+        cluster["maintenance"] = [{"name": "default", "time_in_week": [{"day": closed_day, "hourSlots": [3]}]}]
+    emulator.reset(doc)
+    settings = make_settings(emulator, azurite, storage_names)
+    message = due_message(emulator.state(), "aks-checkout")  # 20 days left: waits for the window
+    asyncio.run(submit_all(settings, [message]))
+    asyncio.run(run_until_idle(settings))
+    row = asyncio.run(rows(settings))[message.rotation_id]
+    assert (row.state, row.phase) == ("waiting", "apply") and row.not_before is not None
+    copy = message_for(row, row.attempts + 3)  # a copy that does not know the wait
+
+    async def deliver() -> rotation.StepOutcome:
+        async with open_deps(settings) as deps:
+            return await rotation.handle_message(settings, copy.to_json(), deps=deps)
+
+    requests = emulator.requests()
+    outcome = asyncio.run(deliver())
+    assert (outcome.action, outcome.detail) == ("waiting", "not yet due")
+    assert emulator.requests() == requests  # not even a look at the cluster before its time
+    after = asyncio.run(rows(settings))[message.rotation_id]
+    assert after.not_before is not None and timedelta(0) <= after.not_before - row.not_before <= timedelta(seconds=2)
