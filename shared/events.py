@@ -177,7 +177,7 @@ async def handle_event(settings: Settings, raw: str | bytes) -> EventOutcome:
             kind=CredentialKind.SP_SECRET,
             reason="expired" if expired else "keyvault_event",
             app_id=stored.labels.app_id or None,
-            observed_expiry=event.expires_on or stored.expires_on,
+            observed_expiry=stored.expires_on,  # Key Vault's own, never the event's `exp` (the engine re-reads it)
         )
     except InvalidInput as exc:
         await _reject(settings, exc, f"tags of {event.secret_name}/{event.version}")

@@ -36,8 +36,8 @@ from shared.settings import Settings
 
 REJECTED_PARTITION = "rejected"
 CLAIM_PARTITION = "claim"
-# A claim whose rotation has no row: its submit crashed between claiming and queueing (the worker creates the row
-# at the first delivery, seconds later); after this long nothing will, and the claim may be taken over.
+# A claim whose rotation has no row: its submit stopped between claiming and writing the row (it writes the row
+# right after claiming, before it queues anything); after this long nothing will, and the claim may be taken over.
 CLAIM_ORPHAN_AFTER = timedelta(hours=1)
 EXCERPT_LIMIT = 200
 DETAIL_LIMIT = 8000  # characters; a table property holds at most 64 KiB
