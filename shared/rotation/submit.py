@@ -134,7 +134,7 @@ async def resend_if_unsent(store: RotationStore, queues: RotationQueues, row: Ro
     try:
         await store.save(row.model_copy(update={"attempts": attempt}))
     except StaleRecord:
-        return True  # a delivery started meanwhile: the copy just sent is stale and dropped on arrival
+        return True  # a delivery started meanwhile: the copy is a duplicate, harmless as every duplicate is
     await store.audit(row.rotation_id, "submit", "resent", f"no delivery since {row.updated_at:%Y-%m-%d %H:%M} UTC")
     return True
 
