@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ from shared.settings import Settings
 from shared.store import AuditRow, RotationStore
 from tests.plugins.azurite import StorageNames
 from tests.support.engine import cluster_by_name, demo_estate, make_settings
+from tests.support.sim import Simulation
+from tests.test_queue_channel import resets_of, window_in
 
 OID = "11111111-2222-3333-4444-555555555555"
 
@@ -99,3 +102,28 @@ def test_cli_rotate_is_audited_with_the_identity_it_signed_in_as(
     assert "eyJ" not in caplog.text and "eyJ" not in json.dumps(
         [a.fields for a in asyncio.run(_trail(rot, result.rotation_id))]
     )
+
+
+def test_an_on_demand_request_waits_for_the_window_unless_the_held_key_is_urgent(
+    make_world: Any, emulator: EmulatorControl
+) -> None:
+    window, opens = window_in(emulator, 4)
+    world = make_world([{"name": "aks-a", "days": 200}, {"name": "aks-b", "days": 2}], MAINTENANCE_WINDOW=window)
+    calm, urgent = world.cluster("aks-a"), world.cluster("aks-b")
+    seen: dict[str, Any] = {}
+
+    async def operators(sim: Simulation) -> None:
+        for cluster in (calm, urgent):
+            body = json.dumps({"cluster_id": cluster["id"]}).encode()
+            seen[cluster["id"]] = await api.request_rotation(sim.settings, body, {})
+
+    def before_the_window(_sim: Simulation) -> None:
+        seen["calm"], seen["urgent"] = resets_of(emulator, calm["id"]), resets_of(emulator, urgent["id"])
+
+    world.sim.after(timedelta(minutes=1), operators, "POST /api/rotations for aks-a (200 days) and aks-b (2 days)")
+    world.sim.at(opens - timedelta(minutes=5), before_the_window, "just before the window opens")
+    world.run(6)
+    assert seen[calm["id"]].status == 202 and seen[urgent["id"]].status == 202
+    assert seen["calm"] == [] and seen["urgent"]  # only the urgent one went outside the window
+    assert resets_of(emulator, calm["id"])  # the other waited for its window, then rotated
+    world.check()

@@ -187,21 +187,21 @@ def test_the_scan_sends_again_a_message_lost_after_its_row_was_written(
 
 
 # -- simulated weeks: the emulator's truth is the judge ---------------------------------------------------------
-def _window(emulator: EmulatorControl, days_ahead: int) -> tuple[str, datetime]:
+def window_in(emulator: EmulatorControl, days_ahead: int) -> tuple[str, datetime]:
     """A one-hour window `days_ahead` days from the emulator's now, and when it opens."""
     now = datetime.fromisoformat(emulator.state()["now"].replace("Z", "+00:00"))
     day = (now + timedelta(days=days_ahead)).date()
     return f"{day:%a} 23:00-23:59", datetime.combine(day, time(23, 0), tzinfo=UTC)
 
 
-def _resets(emulator: EmulatorControl, cluster_id: str) -> list[dict[str, Any]]:
+def resets_of(emulator: EmulatorControl, cluster_id: str) -> list[dict[str, Any]]:
     return [op for op in emulator.state()["operations"] if op["clusterId"].lower() == cluster_id.lower()]
 
 
 def test_a_hand_written_message_with_a_fresh_id_is_rejected_in_a_simulated_week(
     make_world: Any, emulator: EmulatorControl, caplog: pytest.LogCaptureFixture
 ) -> None:
-    window, _opens = _window(emulator, 4)
+    window, _opens = window_in(emulator, 4)
     world = make_world([{"name": "aks-a", "days": 200}], MAINTENANCE_WINDOW=window)
     cluster = world.cluster("aks-a")
     forged = new_rotation_message(
@@ -214,7 +214,7 @@ def test_a_hand_written_message_with_a_fresh_id_is_rejected_in_a_simulated_week(
     world.sim.after(timedelta(minutes=1), hand_written, "a hand-written message with a fresh id")
     with caplog.at_level(logging.WARNING):
         world.run(7)  # past the window: nothing may have started, in it or out of it
-    assert not _resets(emulator, cluster["id"])
+    assert not resets_of(emulator, cluster["id"])
     assert world.records() == {}
     rejected = [r for r in caplog.records if getattr(r, "event", None) == "input.rejected"]
     assert rejected and "no such rotation was submitted" in rejected[0].getMessage()
@@ -224,7 +224,7 @@ def test_a_hand_written_message_with_a_fresh_id_is_rejected_in_a_simulated_week(
 def test_a_hand_written_copy_of_a_real_rotation_can_only_advance_it_in_its_window(
     make_world: Any, emulator: EmulatorControl
 ) -> None:
-    window, opens = _window(emulator, 4)
+    window, opens = window_in(emulator, 4)
     world = make_world([{"name": "aks-a", "days": 12}], MAINTENANCE_WINDOW=window)  # due, not urgent
     cluster = world.cluster("aks-a")
     seen: dict[str, Any] = {}
@@ -238,14 +238,14 @@ def test_a_hand_written_copy_of_a_real_rotation_can_only_advance_it_in_its_windo
             await sim.queues.send(copy.to_json())
 
     def before_the_window(_sim: Simulation) -> None:
-        seen["before"] = _resets(emulator, cluster["id"])
+        seen["before"] = resets_of(emulator, cluster["id"])
 
     world.sim.after(timedelta(days=1), hand_written, "hand-written copies of the waiting rotation's message")
     world.sim.at(opens - timedelta(minutes=5), before_the_window, "just before the window opens")
     world.run(6)
     assert seen["waiting"] == ("waiting", "apply"), seen
     assert seen["before"] == []  # the copies woke it, and it went on waiting for its window
-    assert _resets(emulator, cluster["id"])  # then it applied in the window
+    assert resets_of(emulator, cluster["id"])  # then it applied in the window
     assert {r.state for r in world.records().values()} == {"succeeded"}
     world.check()
 
