@@ -70,7 +70,7 @@ def test_cloudevents_schema_with_camel_case_and_numbers() -> None:
     assert event.event_type == EXPIRED and event.expires_on == datetime.fromtimestamp(1795478400, UTC)
 
 
-def test_single_element_array_as_webhooks_receive_it() -> None:
+def test_single_element_array_as_the_documented_samples_show_it() -> None:
     assert parse_event(json.dumps([EVENT_GRID])).event_id == EVENT_GRID["id"]
 
 
