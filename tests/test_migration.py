@@ -1,0 +1,168 @@
+"""Migration to managed identity against the emulator through the product's clients: the role-assignment and
+identity wire (docs/emulator.md), the plan (`migrate --plan`), and what breaks when a cluster switches before its
+new identity holds what the service principal had."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from emulator.role_assignments import ASSIGNMENTS_QUERY as EMULATED_QUERY
+from emulator.sandbox import EmulatorControl, settings_env
+from shared import clock
+from shared.aks import AksClient, AksError
+from shared.azure import product_credential
+from shared.graph import GraphOps
+from shared.migration import plan as rules
+from shared.migration.arm import ASSIGNMENTS_QUERY, Identity, MigrationArm
+from shared.migration.collect import Sources, collect
+from shared.settings import Settings
+from tests.support import migration
+
+T = TypeVar("T")
+CLI = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "aks-rotator")
+ESTATE = [
+    {"name": "aks-vnet", "vnet": True},
+    {"name": "aks-acr", "acr": True, "pools": ["system", "gpu", "batch"]},
+    {"name": "aks-shared-a", "app": "shared-sp", "vnet": True, "acr": True},
+    {"name": "aks-shared-b", "app": "shared-sp", "acr": True},
+    {"name": "aks-msi", "msi": True},
+]
+
+
+def _run(settings: Settings, work: Callable[[Sources], Awaitable[T]]) -> T:
+    async def go() -> T:
+        credential = product_credential(settings)
+        try:
+            async with (
+                AksClient(settings, credential) as aks,
+                MigrationArm(settings, credential) as arm,
+                GraphOps(settings, credential) as graph,
+            ):
+                return await work(Sources(settings, credential, aks, arm, graph))
+        finally:
+            await credential.close()
+
+    return asyncio.run(go())
+
+
+def _cluster(state: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in state["clusters"] if c["id"].endswith("/" + name))
+
+
+def test_the_query_texts_agree() -> None:
+    assert " ".join(ASSIGNMENTS_QUERY.split()) == " ".join(EMULATED_QUERY.split())
+
+
+def test_role_assignments_identities_and_their_propagation(emulator: EmulatorControl, emu_settings: Settings) -> None:
+    doc = migration.estate(ESTATE, propagation_seconds=1800)
+    emulator.reset(doc)
+    subnet, _ = migration.scopes(doc)
+    rg = f"/subscriptions/{doc['subscriptions'][0]['id']}/resourceGroups/rg-aks-vnet"
+    uami = f"{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-aks-aks-vnet"
+    network = "4d97b98b-1d4f-4787-a291-c67834d212e7"
+
+    async def work(src: Sources) -> None:
+        first = await src.arm.ensure_identity(uami, "westeurope", {})
+        again = await src.arm.ensure_identity(uami, "westeurope", {})
+        assert first == again and first.principal_id
+        sub = doc["subscriptions"][0]["id"]
+        assert await src.arm.assignments_for(sub, first.principal_id) == []
+        created = await src.arm.create_assignment(subnet, first.principal_id, network)
+        assert created is not None and created.role_id == network
+        assert await src.arm.create_assignment(subnet, first.principal_id, network) is None  # 409 RoleAssignmentExists
+        assert await src.arm.assignments_for(sub, first.principal_id) == []  # not propagated yet
+        emulator.advance(1800)
+        listed = await src.arm.assignments_for(sub, first.principal_id)
+        assert [(a.role_id, a.scope) for a in listed] == [(network, subnet)]
+        rows = await src.arm.assignments_graph([sub])
+        assert any(r.principal_id == first.principal_id and r.role_id == network for r in rows)
+        with pytest.raises(AksError) as refused:  # an unknown principal without principalType
+            await src.arm._send(
+                "PUT",
+                f"{subnet}/providers/Microsoft.Authorization/roleAssignments/0e2b3c4d-0000-4000-8000-000000000001",
+                "2022-04-01",
+                {"properties": {"principalId": "00000000-0000-4000-8000-0000000000aa", "roleDefinitionId": network}},
+            )
+        assert refused.value.code == "PrincipalNotFound"
+
+    _run(emu_settings, work)
+
+
+def test_plan_names_grants_identities_pools_and_blockers(emulator: EmulatorControl, emu_settings: Settings) -> None:
+    doc = migration.estate(ESTATE)
+    emulator.reset(doc)
+    subnet, registry = migration.scopes(doc)
+    collected = _run(emu_settings, lambda src: collect(src, now=clock.now()))
+    plans = {p.name: p for p in collected.plans}
+    assert sorted(plans) == ["aks-acr", "aks-shared-a", "aks-shared-b", "aks-vnet"]  # not the MSI cluster
+    vnet = plans["aks-vnet"]
+    assert vnet.stage is rules.Stage.SERVICE_PRINCIPAL
+    assert [(g.component, g.role, g.scope) for g in vnet.grants if g.role != "Managed Identity Operator"] == [
+        (rules.Component.CONTROL_PLANE, "Network Contributor", subnet)
+    ]
+    acr = plans["aks-acr"]
+    assert (acr.grants[0].component, acr.grants[0].role) == (rules.Component.KUBELET, "AcrPull")
+    assert acr.grants[0].identity == acr.kubelet_identity and acr.kubelet_identity.endswith("id-aks-aks-acr-kubelet")
+    assert [p.name for p in acr.pools] == ["system", "gpu", "batch"]
+    assert any("--enable-managed-identity" in c for c in acr.commands)
+    assert any(f'--role "AcrPull" --scope {registry}' in c for c in acr.commands)
+    assert "Microsoft.Authorization/roleAssignments@2022-04-01" in acr.bicep
+    shared = plans["aks-shared-a"]
+    assert any("also used by 1 other cluster(s): aks-shared-b" in b.text for b in shared.blockers)
+    assert shared.executable  # sharing blocks only retiring the application
+    assert "cannot switch back" in shared.irreversible
+
+
+def test_switching_before_the_grants_breaks_what_the_sp_could_do(
+    emulator: EmulatorControl, emu_settings: Settings
+) -> None:
+    doc = migration.estate([{"name": "aks-vnet", "vnet": True, "acr": True}])
+    emulator.reset(doc)
+    cluster_id = _cluster(emulator.state(), "aks-vnet")["id"]
+    rg = cluster_id.split("/providers/")[0]
+
+    async def work(src: Sources) -> None:
+        ids = [f"{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{n}" for n in ("cp", "kubelet")]
+        cp, kubelet = [await src.arm.ensure_identity(i, "westeurope", {}) for i in ids]
+        assert isinstance(cp, Identity)
+        assert await src.arm.begin_identity_update(cluster_id, cp, kubelet)
+
+    async def upgrade(src: Sources) -> None:
+        assert await src.arm.begin_node_image_upgrade(cluster_id, "system")
+
+    _run(emu_settings, work)
+    emulator.advance(3600)
+    _run(emu_settings, upgrade)  # a new token: the first one expired meanwhile
+    emulator.advance(3600)
+    state = emulator.state()
+    truth = _cluster(state, "aks-vnet")
+    assert truth["identityType"] == "UserAssigned" and truth["clientId"] != "msi"
+    assert [(p["name"], p["usesSecret"], p["kubeletIdentity"]) for p in truth["nodePools"]] == [
+        ("system", False, True),
+        ("user", True, False),
+    ]
+    broken = {(b["component"], b["role"]) for b in state["brokenOperations"]}
+    assert broken == {("controlPlane", "Network Contributor"), ("system", "AcrPull")}
+
+
+def test_cli_plan_json_and_text(emulator: EmulatorControl, emu_settings: Settings, tmp_path: Path) -> None:
+    emulator.reset(migration.estate(ESTATE))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}, "COLUMNS": "200"}
+    env.update(settings_env(emulator.ready, "UseDevelopmentStorage=true"))
+    text = subprocess.run([CLI, "migrate", "--plan", "--all"], env=env, capture_output=True, text=True, check=False)
+    assert text.returncode == 0, text.stderr
+    assert "== aks-vnet  (service_principal)" in text.stdout and "cannot switch back" in text.stdout
+    doc = subprocess.run(
+        [CLI, "migrate", "--plan", "--all", "--json"], env=env, capture_output=True, text=True, check=False
+    )
+    plans = json.loads(doc.stdout)["plans"]
+    assert {p["name"] for p in plans} == {"aks-vnet", "aks-acr", "aks-shared-a", "aks-shared-b"}
+    assert all(p["executable"] for p in plans)
