@@ -7,6 +7,7 @@ removed it; per vault every version; every AKS operation.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from emulator.model import Estate
@@ -105,7 +106,13 @@ def truth(estate: Estate) -> dict[str, Any]:
         # Operations that failed because the identity a component uses lacks a role it needs (emulator.identities).
         "brokenOperations": [b.truth() for b in estate.identity.broken],
         "operations": [
-            {"id": op.id, "clusterId": op.cluster_id, "kind": op.kind, "status": op.status}
+            {
+                "id": op.id,
+                "clusterId": op.cluster_id,
+                "kind": op.kind,
+                "status": op.status,
+                "started": iso(datetime.fromtimestamp(op.started, UTC)),
+            }
             for op in estate.operations.values()
         ],
         "modes": estate.modes.public(),

@@ -60,6 +60,11 @@ def migration_id(cluster_id: str) -> str:
     return "migration-" + str(uuid.uuid5(uuid.NAMESPACE_URL, cluster_id.lower()))
 
 
+def application_id(app_id: str) -> str:
+    """The audit partition of an application's migration reports."""
+    return "migration-app-" + app_id.lower()
+
+
 def _held(rows: list[Assignment], grant: Grant) -> bool:
     scope = grant.scope.lower().rstrip("/")
     return any(
@@ -219,8 +224,9 @@ class Executor:
                 Phase.DONE,
                 f"on managed identity; application {app_id} still used by {len(users)} cluster(s)",
             )
-        if not any(r.step == Phase.RETIRE.value for r in trail):
+        partition = application_id(app_id)  # one report per application, whichever cluster moved last
+        if not any(r.step == Phase.RETIRE.value for r in await self.store.audit_log(partition)):
             detail = f"application {app_id}: no visible cluster uses it; ready to delete after checking its sign-ins"
-            await self._audit(cluster_id, Phase.RETIRE, "ready", detail, app_id=app_id)
+            await self.store.audit(partition, Phase.RETIRE.value, "ready", detail, cluster_id=cluster_id, app_id=app_id)
             log_event(log, logging.WARNING, "migration.app_ready", detail, cluster_id=cluster_id, app_id=app_id)
         return Step(cluster_id, Phase.DONE, f"on managed identity; application {app_id} ready to delete")

@@ -1,0 +1,166 @@
+"""Simulated weeks of migrating SP clusters to managed identity (issue 13), with the rotation engine running beside
+it (tests/support/sim.py): the whole rotation promise plus "no cluster ever loses a permission it had" and "no
+migration step runs outside the cluster's maintenance window unless urgent" (tests/support/invariants.py).
+
+The executor (`shared.migration.execute.Executor`) runs for opted-in clusters at the instants its last step asked
+for, as the administrator's `migrate --execute` would; it opens fresh clients each time (tokens last an hour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from emulator.sandbox import EmulatorControl
+from shared.aks import AksClient
+from shared.azure import product_credential
+from shared.graph import GraphOps
+from shared.migration.arm import MigrationArm
+from shared.migration.collect import Sources
+from shared.migration.execute import Executor, Phase, Step, application_id
+from shared.store import RotationStore
+from shared.windows import SettingWindow
+from tests.support import migration
+from tests.support.engine import World
+from tests.support.invariants import check_migration
+from tests.support.sim import Simulation
+from tests.support.world import app_of
+
+WINDOW = "Sat,Sun 01:00-05:00"
+UNLIMITED = {"resourcegraph_queries": 1_000_000, "arm_read_capacity": 1_000_000, "arm_write_capacity": 1_000_000}
+
+
+class Driver:
+    """Runs `Executor.advance` for each opted-in cluster when its previous step said to come back."""
+
+    def __init__(self, sim: Simulation, cluster_ids: list[str]) -> None:
+        self.sim = sim
+        self.due: dict[str, datetime] = {c: sim.now() for c in cluster_ids}
+        self.steps: list[Step] = []
+
+    def start(self) -> None:
+        self.sim.at(self.sim.now(), self.tick, "migration")
+
+    async def tick(self, sim: Simulation) -> None:
+        settings = sim.settings
+        credential = product_credential(settings)
+        try:
+            async with (
+                AksClient(settings, credential) as aks,
+                MigrationArm(settings, credential) as arm,
+                GraphOps(settings, credential) as graph,
+                RotationStore(settings) as store,
+            ):
+                await store.ensure()
+                executor = Executor(
+                    Sources(settings, credential, aks, arm, graph),
+                    store,
+                    poll_seconds=settings.lro_poll_seconds,
+                    requeue_seconds=300,
+                )
+                for cluster_id, due in sorted(self.due.items()):
+                    if due > sim.now():
+                        continue
+                    step = await executor.advance(cluster_id, sim.now())
+                    self.steps.append(step)
+                    sim.log.append(f"{sim.now():%Y-%m-%d %H:%M} migration {cluster_id.rsplit('/', 1)[-1]}: {step}")
+                    if step.retry_after is None:
+                        del self.due[cluster_id]
+                    else:
+                        self.due[cluster_id] = sim.now() + timedelta(seconds=max(60.0, step.retry_after))
+        finally:
+            await credential.close()
+        if self.due:
+            sim.at(min(self.due.values()), self.tick, "migration")
+
+
+def _world(emulator: EmulatorControl, azurite: Any, clusters: list[dict[str, Any]], **env: str) -> World:
+    doc = migration.estate(clusters)
+    doc["limits"] = UNLIMITED
+    return World(emulator, azurite, doc, MAINTENANCE_WINDOW=WINDOW, **env)
+
+
+def _audit(world: World, partition: str) -> list[Any]:
+    async def read() -> list[Any]:
+        async with RotationStore(world.settings) as store:
+            return await store.audit_log(partition)
+
+    return asyncio.run(read())
+
+
+def test_an_estate_migrates_with_no_outage_and_no_lost_permission(emulator: EmulatorControl, azurite: Any) -> None:
+    world = _world(
+        emulator,
+        azurite,
+        [
+            {"name": "aks-vnet", "vnet": True},
+            {"name": "aks-acr", "acr": True, "pools": ["system", "gpu", "batch"]},
+            {"name": "aks-shared-a", "app": "shared-sp", "vnet": True, "acr": True},
+            {"name": "aks-shared-b", "app": "shared-sp", "acr": True},
+        ],
+    )
+    initial = emulator.state()
+    ids = [c["id"] for c in initial["clusters"]]
+    driver = Driver(world.sim, ids)
+    driver.start()
+    world.run(16)
+    state = emulator.state()
+    world.check()  # zero outage (every node pool, while any uses the secret), Key Vault, leaks, removals
+    check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
+    assert {c["clientId"] for c in state["clusters"]} == {"msi"}, world.sim.explain(["not migrated"])
+    assert all(p["kubeletIdentity"] for c in state["clusters"] for p in c["nodePools"])
+    assert [s.phase for s in driver.steps if s.retry_after is None] == [Phase.DONE] * 4
+    kinds = sorted(op["kind"] for op in state["operations"])
+    assert kinds.count("updateIdentity") == 4 and kinds.count("upgradeNodeImageVersion") == 9  # nothing twice
+    apps = {c["clientId"] for c in initial["clusters"]}
+    reports = [r for app in apps for r in _audit(world, application_id(app)) if r.step == Phase.RETIRE.value]
+    assert sorted(r.outcome for r in reports) == ["ready"] * 3  # one per application, once its last cluster moved
+    assert state["removedPasswords"] == []  # the application is reported ready to delete, never deleted or stripped
+
+
+def test_switching_before_grants_propagate_is_what_the_invariant_catches(
+    emulator: EmulatorControl, azurite: Any
+) -> None:
+    """The invariant can fail: the same switch made at once (as `az aks update` right after granting would)."""
+    _world(emulator, azurite, [{"name": "aks-vnet", "vnet": True, "acr": True}])
+    cluster = emulator.state()["clusters"][0]
+    emulator.world("migrate_identity", cluster=cluster["id"], identity_type="SystemAssigned")
+    emulator.world("upgrade_node_image", cluster=cluster["id"])
+    found = check_migration(emulator.state(), lambda _: [SettingWindow.parse(WINDOW)])
+    lost = sorted(p.split(" of ")[0] for p in found.problems)
+    assert lost == ["lost permission: controlPlane", "lost permission: system", "lost permission: user"], lost
+
+
+def test_a_half_migrated_cluster_keeps_its_sp_secret_valid(emulator: EmulatorControl, azurite: Any) -> None:
+    """Issue 11 item 3: the control plane moved, kubelet on two pools still uses the SP secret, which expires in
+    ten days; the rotation engine rotates it with zero outage on those pools, before anyone upgrades them."""
+    doc = migration.estate([{"name": "aks-half", "days": 10, "pools": ["system", "user"]}])
+    doc["limits"] = UNLIMITED
+    doc["clusters"][0]["identity_type"] = "SystemAssigned"
+    doc["clusters"][0]["kubelet_identity"] = False
+    world = World(emulator, azurite, doc, MAINTENANCE_WINDOW=WINDOW)
+    before = world.cluster("aks-half")
+    assert before["controlPlane"]["usesSecret"] is False
+    assert [p["usesSecret"] for p in before["nodePools"]] == [True, True]
+    world.run(14)
+    world.check()
+    after = world.cluster("aks-half")
+    assert after["heldKeyId"] != before["heldKeyId"]  # rotated
+    assert all(p["outage_seconds"] == 0 and p["heldValid"] for p in after["nodePools"])
+    assert {r.state for r in world.records().values()} == {"succeeded"}
+    assert app_of(doc, "aks-half")  # the application is still there, with the new secret
+
+
+def test_the_window_invariant_fails_for_a_step_outside_the_window() -> None:
+    state = {
+        "brokenOperations": [],
+        "operations": [
+            {"kind": "upgradeNodeImageVersion", "clusterId": "/c/a", "started": "2026-11-30T12:00:00Z"},  # a Monday
+            {"kind": "upgradeNodeImageVersion", "clusterId": "/c/b", "started": "2026-11-29T02:00:00Z"},  # Sunday 02:00
+            {"kind": "resetServicePrincipalProfile", "clusterId": "/c/a", "started": "2026-11-30T12:00:00Z"},
+        ],
+    }
+    found = check_migration(state, lambda _: [SettingWindow.parse(WINDOW)])
+    assert [p.split(" started")[0] for p in found.problems] == ["window: upgradeNodeImageVersion of /c/a"]
+    assert not check_migration(state, lambda _: [SettingWindow.parse(WINDOW)], urgent=["/c/a"]).problems
