@@ -13,6 +13,7 @@ from typing import Any
 from shared import clock, edge, rotation
 from shared.aks import AuthorizationFailed, ClusterNotFound
 from shared.messages import InvalidInput, check_allowed, parse_rotation_request
+from shared.migration.status import migration_status
 from shared.settings import Settings
 from shared.store import RotationStore
 
@@ -39,6 +40,7 @@ async def status_summary(settings: Settings) -> ApiResponse:
         {
             "generatedAt": now.isoformat(),
             "rotations": dict(Counter(r.state for r in rows)),
+            "migrations": await migration_status(settings),  # by stage reached (docs/migration.md)
             "nextExpiries": [
                 {
                     "clusterId": r.cluster_id,

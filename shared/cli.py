@@ -146,6 +146,7 @@ def _print_scan(
     if listed:
         out.print(views.findings_table(listed, notes, len(report.findings), everything))
     out.print(views.notes_block(notes))
+    out.print(cli_migrate.progress_line(report.migration))
     out.print(views.errors_block(report.errors, everything))
 
 

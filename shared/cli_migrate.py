@@ -18,7 +18,7 @@ from shared.graph import GraphOps
 from shared.migration.arm import MigrationArm
 from shared.migration.collect import Collected, Sources, collect
 from shared.migration.execute import Executor, Step
-from shared.migration.plan import ClusterPlan
+from shared.migration.plan import ClusterPlan, Stage
 from shared.settings import Settings
 from shared.store import RotationStore
 
@@ -37,6 +37,12 @@ async def _with_sources(settings: Settings, work: Any) -> Any:
             return await work(Sources(settings, credential, aks, arm, graph))
     finally:
         await credential.close()
+
+
+def progress_line(counts: dict[str, int]) -> str:
+    """The scan's migration progress: clusters per stage."""
+    sp, half, done = (counts.get(s.value, 0) for s in Stage)
+    return f"migration: {sp:,} on a service principal · {half:,} control plane moved, kubelet not · {done:,} moved"
 
 
 def render(plan: ClusterPlan, now: datetime) -> list[str]:

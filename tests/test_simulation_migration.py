@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from emulator.sandbox import EmulatorControl
+from shared import api, clock, shards
 from shared.aks import AksClient
 from shared.azure import product_credential
 from shared.graph import GraphOps
@@ -81,6 +82,18 @@ def _world(emulator: EmulatorControl, azurite: Any, clusters: list[dict[str, Any
     return World(emulator, azurite, doc, MAINTENANCE_WINDOW=WINDOW, **env)
 
 
+def _progress(world: World) -> tuple[dict[str, int], dict[str, int]]:
+    """(what a dry-run scan counts per stage, what `GET /api/status` counts of the product's migrations)."""
+
+    async def read() -> tuple[dict[str, int], dict[str, int]]:
+        with clock.use(world.sim.now):
+            report = await shards.scan(world.settings, dry_run=True)
+            status = await api.status_summary(world.settings)
+        return report.migration, status.body["migrations"]
+
+    return asyncio.run(read())
+
+
 def _audit(world: World, partition: str) -> list[Any]:
     async def read() -> list[Any]:
         async with RotationStore(world.settings) as store:
@@ -98,10 +111,13 @@ def test_an_estate_migrates_with_no_outage_and_no_lost_permission(emulator: Emul
             {"name": "aks-acr", "acr": True, "pools": ["system", "gpu", "batch"]},
             {"name": "aks-shared-a", "app": "shared-sp", "vnet": True, "acr": True},
             {"name": "aks-shared-b", "app": "shared-sp", "acr": True},
+            {"name": "aks-born-msi", "msi": True},
         ],
     )
+    before = _progress(world)
+    assert before[0] == {"service_principal": 4, "control_plane_on_identity": 0, "managed_identity": 1}
     initial = emulator.state()
-    ids = [c["id"] for c in initial["clusters"]]
+    ids = [c["id"] for c in initial["clusters"] if c["clientId"] != "msi"]
     driver = Driver(world.sim, ids)
     driver.start()
     world.run(16)
@@ -109,14 +125,23 @@ def test_an_estate_migrates_with_no_outage_and_no_lost_permission(emulator: Emul
     world.check()  # zero outage (every node pool, while any uses the secret), Key Vault, leaks, removals
     check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
     assert {c["clientId"] for c in state["clusters"]} == {"msi"}, world.sim.explain(["not migrated"])
+    assert state["clusters"][-1]["identityType"] == "SystemAssigned"  # the cluster born on managed identity
     assert all(p["kubeletIdentity"] for c in state["clusters"] for p in c["nodePools"])
     assert [s.phase for s in driver.steps if s.retry_after is None] == [Phase.DONE] * 4
     kinds = sorted(op["kind"] for op in state["operations"])
     assert kinds.count("updateIdentity") == 4 and kinds.count("upgradeNodeImageVersion") == 9  # nothing twice
-    apps = {c["clientId"] for c in initial["clusters"]}
+    apps = {c["clientId"] for c in initial["clusters"]} - {"msi"}
     reports = [r for app in apps for r in _audit(world, application_id(app)) if r.step == Phase.RETIRE.value]
     assert sorted(r.outcome for r in reports) == ["ready"] * 3  # one per application, once its last cluster moved
-    assert state["removedPasswords"] == []  # the application is reported ready to delete, never deleted or stripped
+    assert state["removedPasswords"] == []  # the applications are reported ready to delete, never stripped
+    progress = _progress(world)
+    assert progress[0]["managed_identity"] == 5 and progress[0]["service_principal"] == 0  # the MSI cluster too
+    assert progress[1] == {
+        "service_principal": 0,
+        "control_plane_on_identity": 0,
+        "managed_identity": 4,
+        "failed": 0,
+    }
 
 
 def test_switching_before_grants_propagate_is_what_the_invariant_catches(
@@ -147,6 +172,7 @@ def test_a_half_migrated_cluster_keeps_its_sp_secret_valid(emulator: EmulatorCon
     world.check()
     after = world.cluster("aks-half")
     assert after["heldKeyId"] != before["heldKeyId"]  # rotated
+    assert _progress(world)[0]["control_plane_on_identity"] == 1
     assert all(p["outage_seconds"] == 0 and p["heldValid"] for p in after["nodePools"])
     assert {r.state for r in world.records().values()} == {"succeeded"}
     assert app_of(doc, "aks-half")  # the application is still there, with the new secret

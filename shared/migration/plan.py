@@ -6,7 +6,7 @@ opens, and what blocks. Switching back is impossible once the service principal 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -67,9 +67,10 @@ def stage_of(cluster: ClusterInfo) -> Stage:
     return Stage.SERVICE_PRINCIPAL
 
 
-def progress(clusters: Sequence[ClusterInfo]) -> dict[str, int]:
-    """How many clusters are at each stage (every stage present, zero or not)."""
-    counts = {stage.value: 0 for stage in Stage}
+def count_stages(counts: dict[str, int], clusters: Iterable[ClusterInfo]) -> dict[str, int]:
+    """Add `clusters` to `counts` (clusters per stage, every stage present); discovery counts page by page."""
+    for stage in Stage:
+        counts.setdefault(stage.value, 0)
     for cluster in clusters:
         counts[stage_of(cluster).value] += 1
     return counts
