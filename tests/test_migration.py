@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from emulator.azurite import Azurite
 from emulator.role_assignments import ASSIGNMENTS_QUERY as EMULATED_QUERY
 from emulator.sandbox import EmulatorControl, settings_env
 from shared import clock
@@ -24,6 +25,8 @@ from shared.migration import plan as rules
 from shared.migration.arm import ASSIGNMENTS_QUERY, Identity, MigrationArm
 from shared.migration.collect import Sources, collect
 from shared.settings import Settings
+from tests.plugins.azurite import StorageNames
+from tests.plugins.emulator import product_env
 from tests.support import migration
 
 T = TypeVar("T")
@@ -166,3 +169,38 @@ def test_cli_plan_json_and_text(emulator: EmulatorControl, emu_settings: Setting
     plans = json.loads(doc.stdout)["plans"]
     assert {p["name"] for p in plans} == {"aks-vnet", "aks-acr", "aks-shared-a", "aks-shared-b"}
     assert all(p["executable"] for p in plans)
+
+
+def test_cli_execute_tagged_and_preflight(
+    emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
+) -> None:
+    clusters = [
+        {"name": "aks-vnet", "vnet": True, "tags": {"aks-rotator-migrate": "true"}},
+        {"name": "aks-acr", "acr": True},
+    ]
+    doc = migration.estate(clusters, propagation_seconds=1800)
+    emulator.reset(doc)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AZURE_")}, "COLUMNS": "200"}
+    env.update(product_env(emulator, azurite, storage_names))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, "migrate", *args], env=env, capture_output=True, text=True, check=False)
+
+    assert cli("--execute", "--all").returncode == 2  # execution names its clusters
+    assert cli("--plan").returncode == 2
+    rights = cli("--preflight", "--all", "--json")
+    assert rights.returncode == 0, rights.stdout + rights.stderr
+    assert {f["check"] for f in json.loads(rights.stdout)["findings"]} == {"migration-actions"}
+    run = cli("--execute", "--tagged", "--json")
+    assert run.returncode == 0, run.stderr
+    steps = json.loads(run.stdout)["steps"]
+    assert [(s["cluster_id"].rsplit("/", 1)[-1], s["phase"]) for s in steps] == [("aks-vnet", "propagation")]
+    state = emulator.state()
+    assert [c["identityType"] for c in state["clusters"]] == ["None", "None"]  # nothing switched before propagation
+    doc["role_assignments"] = [ra for ra in doc["role_assignments"] if "roleAssignments/write" not in str(ra)]
+    emulator.reset(doc)
+    missing = cli("--preflight", "--all", "--json")
+    assert missing.returncode == 1
+    assert all(
+        "Microsoft.Authorization/roleAssignments/write" in f["missing"] for f in json.loads(missing.stdout)["findings"]
+    )

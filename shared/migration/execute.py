@@ -76,9 +76,18 @@ def _held(rows: list[Assignment], grant: Grant) -> bool:
 class Executor:
     """Runs migration steps for an administrator (`migrate --execute`) or for clusters opted in by tag."""
 
-    def __init__(self, src: Sources, store: RotationStore, *, poll_seconds: float, requeue_seconds: float) -> None:
+    def __init__(
+        self,
+        src: Sources,
+        store: RotationStore,
+        *,
+        poll_seconds: float,
+        requeue_seconds: float,
+        identity: str | None = None,
+    ) -> None:
         self.src, self.store = src, store
         self.poll, self.requeue = poll_seconds, requeue_seconds
+        self.identity = identity  # the operator's control-plane identity (`--identity`), else id-aks-<cluster>
 
     async def _audit(self, cluster_id: str, phase: Phase, outcome: str, detail: str, **fields: Any) -> None:
         await self.store.audit(migration_id(cluster_id), phase.value, outcome, detail, cluster_id=cluster_id, **fields)
@@ -160,7 +169,8 @@ class Executor:
         info = cluster_info(doc)
         if stage_of(info) is Stage.MANAGED_IDENTITY:
             return await self._verify(cluster_id, doc, trail)
-        collected = await collect(self.src, now=now, cluster_id=cluster_id, pools_done={cluster_id.lower(): done_pools})
+        done = {cluster_id.lower(): done_pools}
+        collected = await collect(self.src, now=now, cluster_id=cluster_id, pools_done=done, identity=self.identity)
         if not collected.plans:
             return Step(cluster_id, Phase.DONE, "not a service-principal cluster")
         plan = collected.plans[0]
