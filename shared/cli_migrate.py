@@ -127,7 +127,7 @@ def _print_plans(collected: Collected, now: datetime, as_json: bool) -> None:
     if not collected.plans:
         out.print("No service-principal cluster to migrate.")
     for item in collected.plans:
-        out.print("\n".join(render(item, now)))
+        out.print("\n".join(render(item, now)), markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -164,7 +164,8 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 emit_json({"findings": findings})
             for finding in [] if as_json else findings:
-                out.print(f"{'ok' if finding.ok else 'MISSING':8} {finding.scope}  {finding.missing}  {finding.fix}")
+                line = f"{'ok' if finding.ok else 'MISSING':8} {finding.scope}  {finding.missing}  {finding.fix}"
+                out.print(line, markup=False)
             raise typer.Exit(EXIT_OK if all(f.ok for f in findings) else EXIT_FAILURE)
         if execute_:
             ids = [cluster] if cluster else None
@@ -172,7 +173,7 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 emit_json({"steps": steps})
             for step in [] if as_json else steps:
-                out.print(f"{step.cluster_id.rsplit('/', 1)[-1]:24} {step.phase.value:12} {step.detail}")
+                out.print(f"{step.cluster_id.rsplit('/', 1)[-1]:24} {step.phase.value:12} {step.detail}", markup=False)
             raise typer.Exit(EXIT_FAILURE if any(s.phase.value == "failed" for s in steps) else EXIT_OK)
         collected: Collected = _run(
             _with_sources(settings, lambda src: collect(src, now=now, cluster_id=cluster, identity=identity))

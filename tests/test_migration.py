@@ -163,6 +163,7 @@ def test_cli_plan_json_and_text(emulator: EmulatorControl, emu_settings: Setting
     text = subprocess.run([CLI, "migrate", "--plan", "--all"], env=env, capture_output=True, text=True, check=False)
     assert text.returncode == 0, text.stderr
     assert "== aks-vnet  (service_principal)" in text.stdout and "cannot switch back" in text.stdout
+    assert "- [control_plane] Network Contributor on " in text.stdout  # brackets printed, not read as markup
     doc = subprocess.run(
         [CLI, "migrate", "--plan", "--all", "--json"], env=env, capture_output=True, text=True, check=False
     )
