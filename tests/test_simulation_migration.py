@@ -9,7 +9,7 @@ for, as the administrator's `migrate --execute` would; it opens fresh clients ea
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from emulator.sandbox import EmulatorControl
@@ -190,3 +190,28 @@ def test_the_window_invariant_fails_for_a_step_outside_the_window() -> None:
     found = check_migration(state, lambda _: [SettingWindow.parse(WINDOW)])
     assert [p.split(" started")[0] for p in found.problems] == ["window: upgradeNodeImageVersion of /c/a"]
     assert not check_migration(state, lambda _: [SettingWindow.parse(WINDOW)], urgent=["/c/a"]).problems
+
+
+def test_an_urgent_credential_migrates_outside_the_window(emulator: EmulatorControl, azurite: Any) -> None:
+    """The SP secret ends in two days (< URGENT_DAYS) and the window opens later: the identity update does not
+    wait for it; the invariant holds only because the cluster was urgent."""
+    now = datetime.now(UTC)  # the emulator's clock after a reset
+    monday_noon = (now + timedelta(days=7 - now.weekday())).replace(hour=12, minute=0, second=0, microsecond=0)
+    ahead = (monday_noon - now).total_seconds()  # whatever the wall-clock day: start on a Monday, noon UTC
+    doc = migration.estate([{"name": "aks-late", "days": ahead / 86400 + 2, "vnet": True, "acr": True}])
+    doc["limits"] = UNLIMITED
+    world = World(emulator, azurite, doc, MAINTENANCE_WINDOW=WINDOW)
+    emulator.advance(ahead)
+    world.sim = Simulation(emulator, world.settings)
+    cluster_id = emulator.state()["clusters"][0]["id"]
+    window = [SettingWindow.parse(WINDOW)]
+    assert not window[0].allows(world.sim.now() + timedelta(hours=1))  # the run starts outside the window
+    driver = Driver(world.sim, [cluster_id])
+    driver.start()
+    world.run(0.25)
+    state = emulator.state()
+    started = [op for op in state["operations"] if op["kind"] == "updateIdentity"]
+    assert started, world.sim.explain(["no identity update"])
+    assert check_migration(state, lambda _: window).problems  # outside the window...
+    check_migration(state, lambda _: window, urgent=[cluster_id]).check()  # ...because it was urgent
+    assert state["brokenOperations"] == []
