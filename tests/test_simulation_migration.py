@@ -215,3 +215,23 @@ def test_an_urgent_credential_migrates_outside_the_window(emulator: EmulatorCont
     assert check_migration(state, lambda _: window).problems  # outside the window...
     check_migration(state, lambda _: window, urgent=[cluster_id]).check()  # ...because it was urgent
     assert state["brokenOperations"] == []
+
+
+def test_a_failed_node_image_upgrade_alerts_and_a_rerun_finishes(emulator: EmulatorControl, azurite: Any) -> None:
+    world = _world(emulator, azurite, [{"name": "aks-flaky", "acr": True}])
+    emulator.add_faults({"kind": "lro_fail", "surface": "arm", "operation": "upgradeNodeImageVersion", "times": 1})
+    cluster_id = emulator.state()["clusters"][0]["id"]
+    driver = Driver(world.sim, [cluster_id])
+    driver.start()
+    world.run(8)
+    assert driver.steps[-1].phase is Phase.FAILED and not driver.due  # stopped: a person acts
+    alerts = [a for a in world.sim.alerts.about(cluster_id) if a.fields.get("migration")]
+    assert len(alerts) == 1 and "ended Failed" in alerts[0].message
+    assert [p["usesSecret"] for p in world.cluster("aks-flaky")["nodePools"]] == [True, True]  # still on the SP
+    driver.due[cluster_id] = world.sim.now()  # the administrator runs `migrate --execute` again
+    driver.start()
+    world.run(8)
+    world.check()
+    state = emulator.state()
+    check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
+    assert world.cluster("aks-flaky")["clientId"] == "msi" and driver.steps[-1].phase is Phase.DONE

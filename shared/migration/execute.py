@@ -25,12 +25,13 @@ from typing import Any
 from shared.aks import AksError, ClusterBusy, ClusterInfo, ClusterNotFound, cluster_info
 from shared.inventory import inventory
 from shared.logs import alert, log_event
-from shared.migration.arm import Assignment, Identity
+from shared.migration.arm import Assignment
 from shared.migration.collect import Sources, collect, sharing_clusters, window_of
 from shared.migration.plan import ClusterPlan, Grant, Stage, stage_of
 from shared.store import RotationStore
 
 log = logging.getLogger(__name__)
+ENDED = frozenset({"succeeded", "failed"})
 RUNNING = frozenset({"updating", "upgrading", "creating", "deleting", "starting", "stopping", "canceling"})
 
 
@@ -63,6 +64,18 @@ def migration_id(cluster_id: str) -> str:
 def application_id(app_id: str) -> str:
     """The audit partition of an application's migration reports."""
     return "migration-app-" + app_id.lower()
+
+
+def _pending(trail: list[Any]) -> list[Any]:
+    """Operations this migration started whose end it has not recorded yet (the latest start of each)."""
+    out = []
+    for index, row in enumerate(trail):
+        if row.outcome != "started" or row.step not in (Phase.SWITCH.value, Phase.POOL.value):
+            continue
+        later = trail[index + 1 :]
+        if not any(r.step == row.step and r.detail == row.detail and r.outcome in ENDED for r in later):
+            out.append(row)
+    return out
 
 
 def _held(rows: list[Assignment], grant: Grant) -> bool:
@@ -152,20 +165,20 @@ class Executor:
                 return Step(cluster_id, Phase.DONE, "the cluster is gone")
             raise
         state = str((doc.get("properties") or {}).get("provisioningState") or "").lower()
-        trail = await self._trail(cluster_id)
-        started = [r for r in trail if r.step in (Phase.SWITCH.value, Phase.POOL.value) and r.outcome == "started"]
-        ended = {(r.step, r.detail) for r in trail if r.outcome == "succeeded"}
         if state in RUNNING:
             return Step(cluster_id, Phase.BUSY, f"provisioningState {state}", self.poll)
-        pending = [r for r in started if (r.step, r.detail) not in ended]
-        if state == "failed":
-            last = pending[-1].step if pending else "an operation"
-            return await self._fail(
-                cluster_id, Phase.FAILED, f"{last} ended Failed: look at the cluster's activity log"
-            )
+        trail = await self._trail(cluster_id)
+        pending = _pending(trail)
+        if state == "failed" and pending:
+            # Ours failed: recorded as such (so a later run retries the step; a Failed cluster accepts operations).
+            for row in pending:
+                await self._audit(cluster_id, Phase(row.step), "failed", row.detail)
+            reason = f"{pending[-1].step} {pending[-1].detail} ended Failed: see the cluster's activity log, then rerun"
+            return await self._fail(cluster_id, Phase.FAILED, reason)
         for row in pending:
             await self._audit(cluster_id, Phase(row.step), "succeeded", row.detail)
-        done_pools = [r.detail for r in trail if r.step == Phase.POOL.value and r.outcome == "started"]
+        succeeded = [r for r in trail if r.outcome == "succeeded"] + pending  # pending: just recorded as succeeded
+        done_pools = sorted({r.detail for r in succeeded if r.step == Phase.POOL.value})
         info = cluster_info(doc)
         if stage_of(info) is Stage.MANAGED_IDENTITY:
             return await self._verify(cluster_id, doc, trail)
@@ -179,10 +192,11 @@ class Executor:
                 cluster_id, Phase.GRANTS, "; ".join(b.text for b in plan.blockers if b.stops_execution)
             )
         tags = {"aks-rotator-migration": info.name}
-        principals: dict[str, str] = {}
-        for resource_id in (plan.control_plane_identity, plan.kubelet_identity):
-            identity = await self.src.arm.ensure_identity(resource_id, info.location, tags)
-            principals[resource_id.lower()] = identity.principal_id
+        made = {
+            resource_id.lower(): await self.src.arm.ensure_identity(resource_id, info.location, tags)
+            for resource_id in (plan.control_plane_identity, plan.kubelet_identity)
+        }
+        principals = {key: identity.principal_id for key, identity in made.items()}
         if not any(r.step == Phase.IDENTITIES.value for r in trail):
             await self._audit(
                 cluster_id, Phase.IDENTITIES, "ensured", plan.control_plane_identity, app_id=plan.app_id or ""
@@ -195,9 +209,8 @@ class Executor:
             return Step(cluster_id, Phase.WINDOW, "waiting for the maintenance window", max(wait, self.requeue))
         try:
             if plan.stage is Stage.SERVICE_PRINCIPAL:
-                cp = Identity(plan.control_plane_identity, principals[plan.control_plane_identity.lower()], "")
-                kubelet_doc = await self.src.arm.ensure_identity(plan.kubelet_identity, info.location, tags)
-                await self.src.arm.begin_identity_update(cluster_id, cp, kubelet_doc)
+                cp, kubelet = made[plan.control_plane_identity.lower()], made[plan.kubelet_identity.lower()]
+                await self.src.arm.begin_identity_update(cluster_id, cp, kubelet)
                 await self._audit(cluster_id, Phase.SWITCH, "started", "identity update")
                 return Step(cluster_id, Phase.SWITCH, "identity update started", self.poll)
             if not plan.pools:
