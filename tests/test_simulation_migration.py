@@ -82,6 +82,19 @@ def _world(emulator: EmulatorControl, azurite: Any, clusters: list[dict[str, Any
     return World(emulator, azurite, doc, MAINTENANCE_WINDOW=WINDOW, **env)
 
 
+def _monday_world(emulator: EmulatorControl, azurite: Any, clusters: list[dict[str, Any]]) -> World:
+    """`_world` started on the next Monday at noon UTC whatever the wall clock (expiries shifted with it), so the
+    order of events around the weekend windows is the same on every run."""
+    now = datetime.now(UTC)  # the emulator's clock after a reset
+    monday_noon = (now + timedelta(days=7 - now.weekday())).replace(hour=12, minute=0, second=0, microsecond=0)
+    ahead = (monday_noon - now).total_seconds()
+    shifted = [{**c, "days": c.get("days", 200) + ahead / 86400} for c in clusters]
+    world = _world(emulator, azurite, shifted)
+    emulator.advance(ahead)
+    world.sim = Simulation(emulator, world.settings)
+    return world
+
+
 def _progress(world: World) -> tuple[dict[str, int], dict[str, int]]:
     """(what a dry-run scan counts per stage, what `GET /api/status` counts of the product's migrations)."""
 
@@ -195,14 +208,7 @@ def test_the_window_invariant_fails_for_a_step_outside_the_window() -> None:
 def test_an_urgent_credential_migrates_outside_the_window(emulator: EmulatorControl, azurite: Any) -> None:
     """The SP secret ends in two days (< URGENT_DAYS) and the window opens later: the identity update does not
     wait for it; the invariant holds only because the cluster was urgent."""
-    now = datetime.now(UTC)  # the emulator's clock after a reset
-    monday_noon = (now + timedelta(days=7 - now.weekday())).replace(hour=12, minute=0, second=0, microsecond=0)
-    ahead = (monday_noon - now).total_seconds()  # whatever the wall-clock day: start on a Monday, noon UTC
-    doc = migration.estate([{"name": "aks-late", "days": ahead / 86400 + 2, "vnet": True, "acr": True}])
-    doc["limits"] = UNLIMITED
-    world = World(emulator, azurite, doc, MAINTENANCE_WINDOW=WINDOW)
-    emulator.advance(ahead)
-    world.sim = Simulation(emulator, world.settings)
+    world = _monday_world(emulator, azurite, [{"name": "aks-late", "days": 2, "vnet": True, "acr": True}])
     cluster_id = emulator.state()["clusters"][0]["id"]
     window = [SettingWindow.parse(WINDOW)]
     assert not window[0].allows(world.sim.now() + timedelta(hours=1))  # the run starts outside the window
@@ -235,3 +241,21 @@ def test_a_failed_node_image_upgrade_alerts_and_a_rerun_finishes(emulator: Emula
     state = emulator.state()
     check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
     assert world.cluster("aks-flaky")["clientId"] == "msi" and driver.steps[-1].phase is Phase.DONE
+
+
+def test_a_due_rotation_and_the_migration_of_one_cluster(emulator: EmulatorControl, azurite: Any) -> None:
+    """The secret is due (20 days) while the cluster migrates; both wait for the same weekend window and take turns
+    on the cluster (each waits out the other's operation). Whichever goes first, every pool keeps a valid secret
+    while it uses one, nothing leaks, no permission is lost, and the cluster ends on managed identity."""
+    world = _monday_world(emulator, azurite, [{"name": "aks-both", "days": 20, "vnet": True, "acr": True}])
+    driver = Driver(world.sim, [emulator.state()["clusters"][0]["id"]])
+    driver.start()
+    world.run(16)
+    world.check()
+    state = emulator.state()
+    check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
+    assert world.cluster("aks-both")["clientId"] == "msi"
+    (record,) = world.records().values()
+    # Known gap (docs/migration.md): when the migration finishes first, the rotation ends `failed` with an alert
+    # ("the cluster no longer uses application ...") instead of ending quietly; the wall clock decides the order.
+    assert record.state == "succeeded" or "no longer uses application" in (record.failure_reason or "")
