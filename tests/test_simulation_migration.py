@@ -116,7 +116,7 @@ def _audit(world: World, partition: str) -> list[Any]:
 
 
 def test_an_estate_migrates_with_no_outage_and_no_lost_permission(emulator: EmulatorControl, azurite: Any) -> None:
-    world = _world(
+    world = _monday_world(
         emulator,
         azurite,
         [
@@ -224,7 +224,7 @@ def test_an_urgent_credential_migrates_outside_the_window(emulator: EmulatorCont
 
 
 def test_a_failed_node_image_upgrade_alerts_and_a_rerun_finishes(emulator: EmulatorControl, azurite: Any) -> None:
-    world = _world(emulator, azurite, [{"name": "aks-flaky", "acr": True}])
+    world = _monday_world(emulator, azurite, [{"name": "aks-flaky", "acr": True}])
     emulator.add_faults({"kind": "lro_fail", "surface": "arm", "operation": "upgradeNodeImageVersion", "times": 1})
     cluster_id = emulator.state()["clusters"][0]["id"]
     driver = Driver(world.sim, [cluster_id])
