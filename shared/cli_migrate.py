@@ -19,7 +19,7 @@ from shared.graph import GraphOps
 from shared.inventory import inventory
 from shared.migration.arm import MigrationArm
 from shared.migration.collect import Collected, Sources, collect
-from shared.migration.execute import Executor, Step
+from shared.migration.execute import Executor, Step, migration_id
 from shared.migration.plan import ClusterPlan, Stage
 from shared.migration.rights import check_rights
 from shared.settings import Settings
@@ -138,6 +138,7 @@ def register(app: typer.Typer) -> None:
         plan: Annotated[bool, typer.Option("--plan", help="Print the migration plan; change nothing.")] = False,
         execute_: Annotated[bool, typer.Option("--execute", help="Migrate --cluster or --tagged (admin).")] = False,
         preflight: Annotated[bool, typer.Option("--preflight", help="Check migration's rights.")] = False,
+        audit: Annotated[bool, typer.Option("--audit", help="The audit trail of --cluster's migration.")] = False,
         cluster: Annotated[str | None, typer.Option("--cluster", help="ARM id of one cluster.")] = None,
         all_clusters: Annotated[bool, typer.Option("--all", help="Every SP cluster.")] = False,
         tagged_: Annotated[bool, typer.Option("--tagged", help=f"SP clusters tagged {MIGRATE_TAG}.")] = False,
@@ -149,6 +150,13 @@ def register(app: typer.Typer) -> None:
         from shared.cli import _run, _settings, emit_json
 
         selected = bool(cluster) + all_clusters + tagged_
+        if audit and cluster and not (plan or execute_ or preflight or all_clusters or tagged_):
+            rows = _run(trail(_settings(), cluster))
+            if as_json:
+                emit_json({"audit": rows})
+            for row in [] if as_json else rows:
+                out.print(f"{row.at:%Y-%m-%d %H:%M:%S} {row.step:12} {row.outcome:10} {row.detail}", markup=False)
+            raise typer.Exit(EXIT_OK)
         if plan + execute_ + preflight != 1 or selected != 1 or (tagged_ and not execute_):
             typer.echo(
                 "use one of --plan/--preflight (--cluster ID | --all) or --execute (--cluster ID | --tagged)", err=True
@@ -180,6 +188,12 @@ def register(app: typer.Typer) -> None:
         )
         _print_plans(collected, now, as_json)
         raise typer.Exit(EXIT_OK)
+
+
+async def trail(settings: Settings, cluster_id: str) -> list[Any]:
+    async with RotationStore(settings) as store:
+        await store.ensure()
+        return await store.audit_log(migration_id(cluster_id))
 
 
 async def rights(src: Sources, cluster: str | None) -> list[Any]:

@@ -198,6 +198,9 @@ def test_cli_execute_tagged_and_preflight(
     assert [(s["cluster_id"].rsplit("/", 1)[-1], s["phase"]) for s in steps] == [("aks-vnet", "propagation")]
     state = emulator.state()
     assert [c["identityType"] for c in state["clusters"]] == ["None", "None"]  # nothing switched before propagation
+    trail = json.loads(cli("--audit", "--cluster", steps[0]["cluster_id"], "--json").stdout)["audit"]
+    expected = [("identities", "ensured"), ("grants", "granted"), ("grants", "granted")]  # Network Contributor, MIO
+    assert [(r["step"], r["outcome"]) for r in trail] == expected
     doc["role_assignments"] = [ra for ra in doc["role_assignments"] if "roleAssignments/write" not in str(ra)]
     emulator.reset(doc)
     missing = cli("--preflight", "--all", "--json")
