@@ -208,3 +208,29 @@ def test_cli_execute_tagged_and_preflight(
     assert all(
         "Microsoft.Authorization/roleAssignments/write" in f["missing"] for f in json.loads(missing.stdout)["findings"]
     )
+
+
+def test_role_assignment_lists_at_scope_and_refusals(emulator: EmulatorControl, emu_settings: Settings) -> None:
+    doc = migration.estate([{"name": "aks-vnet", "vnet": True}])
+    emulator.reset(doc)
+    subnet, _ = migration.scopes(doc)
+    sub = doc["subscriptions"][0]["id"]
+    vnet = subnet.rsplit("/subnets/", 1)[0]
+    path = "/providers/Microsoft.Authorization/roleAssignments"
+
+    async def work(src: Sources) -> None:
+        at_subnet = await src.arm._send_filter(subnet + path, "atScope()")
+        at_vnet = await src.arm._send_filter(vnet + path, "atScope()")
+        below_vnet = await src.arm._send(GET := "GET", vnet + path, "2022-04-01")
+        assert [v["properties"]["scope"] for v in at_subnet["value"]] == [subnet]  # at (or above) the subnet
+        assert at_vnet["value"] == []  # the subnet's grant is below the VNet: not at or above it
+        assert [v["properties"]["scope"] for v in below_vnet["value"]] == [subnet]  # no filter: below counts
+        with pytest.raises(AksError) as unsupported:
+            await src.arm._send_filter(vnet + path, "roleDefinitionId eq 'x'")
+        assert unsupported.value.status == 400
+        with pytest.raises(AksError) as missing:
+            uami = f"/subscriptions/{sub}/resourceGroups/rg-aks-vnet/providers/Microsoft.ManagedIdentity"
+            await src.arm._send(GET, f"{uami}/userAssignedIdentities/nobody", "2023-01-31")
+        assert missing.value.status == 404 and missing.value.code == "ResourceNotFound"
+
+    _run(emu_settings, work)
