@@ -28,6 +28,7 @@ RESOURCES: frozenset[str] = frozenset(
     {"2016-06-01", "2018-06-01", "2019-06-01", "2019-11-01", "2020-01-01", "2021-01-01", "2022-09-01", "2022-12-01"}
 )
 AUTHORIZATION: frozenset[str] = frozenset({"2015-07-01", "2018-01-01-preview", "2018-07-01", "2022-04-01"})
+MANAGED_IDENTITY: frozenset[str] = frozenset({"2018-11-30", "2023-01-31", "2024-11-30"})
 METADATA: frozenset[str] = frozenset({"2015-01-01", "2018-01-01", "2019-05-01", "2020-06-01", "2022-09-01"})
 
 
@@ -44,6 +45,8 @@ def refusal(path: str, version: str) -> web.Response | None:
         )
         return error("arm", 400, "NoRegisteredProviderFound", message)
     known = AUTHORIZATION if "/providers/microsoft.authorization/" in lowered else RESOURCES
+    if "/providers/microsoft.managedidentity/" in lowered:
+        known = MANAGED_IDENTITY
     if lowered.startswith("/metadata/"):
         known = METADATA
     if version in known:

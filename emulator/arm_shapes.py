@@ -85,7 +85,15 @@ def cluster_json(c: Cluster, tenant_id: str) -> dict[str, Any]:
         aad = {k: v for k, v in c.aad_profile.items() if k.lower() != "serverappsecret"}
         aad["managed"] = bool(aad.get("managed", False))
         props["aadProfile"] = aad
-    if c.kubelet_identity:
+    if c.kubelet_identity and c.kubelet_resource_id:  # a pre-created kubelet identity (emulator.identity_migration)
+        props["identityProfile"] = {
+            "kubeletidentity": {
+                "resourceId": c.kubelet_resource_id,
+                "clientId": _guid(c.kubelet_resource_id, "client"),
+                "objectId": _guid(c.kubelet_resource_id, "object"),
+            }
+        }
+    elif c.kubelet_identity:
         mc = node_resource_group(c)
         props["identityProfile"] = {
             "kubeletidentity": {
@@ -111,7 +119,7 @@ def cluster_json(c: Cluster, tenant_id: str) -> dict[str, Any]:
             "tenantId": tenant_id,
         }
     elif c.identity_type == "UserAssigned":
-        uami = (
+        uami = c.identity_resource_id or (
             f"/subscriptions/{c.subscription_id}/resourceGroups/{c.resource_group}/providers/"
             f"Microsoft.ManagedIdentity/userAssignedIdentities/{c.name}-identity"
         )

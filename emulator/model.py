@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from emulator.identities import IdentityWorld
 from emulator.modes import Modes
 from emulator.records import (
     Application,
@@ -59,6 +60,7 @@ class Estate:
         self.issued_secrets: list[str] = []  # every secret value handed out: the canary list for tests
         self.deleted_clusters: list[dict[str, Any]] = []  # truth of clusters removed by the world event `delete`
         self.modes = Modes()
+        self.identity = IdentityWorld.load(seed, clock.timestamp())
         self._load(seed)
 
     # -- loading ---------------------------------------------------------------------------------------------
@@ -164,6 +166,7 @@ class Estate:
                 ],
             )
             self.clusters[cluster.id.lower()] = cluster
+            self.identity.add_needs(cluster.id, spec.get("needs", []))
         for ra in seed.get("role_assignments", []):
             self.role_assignments.append(
                 RoleAssignment(ra["principal"], ra["scope"].lower().rstrip("/"), tuple(ra.get("actions", ["*"])))

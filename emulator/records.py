@@ -183,6 +183,7 @@ class NodePool:
     name: str
     count: int
     holding: Holding
+    kubelet_identity: bool = False  # this pool's kubelet moved to the managed identity (its node image upgrade)
 
 
 @dataclass
@@ -203,6 +204,8 @@ class Cluster:
     node_pools: list[NodePool]
     provisioning_state: str = "Succeeded"
     power_state: str = "Running"  # "Running" | "Stopped" (world event `stop` / `start`)
+    identity_resource_id: str | None = None  # the control plane's user-assigned identity (emulator.identity_migration)
+    kubelet_resource_id: str | None = None  # the kubelet identity requested with it
 
     @property
     def node_count(self) -> int:
@@ -225,7 +228,7 @@ class Cluster:
         if self.identity_type == "None":
             parts.append(("controlPlane", self.control_plane))
         if not self.kubelet_identity:
-            parts += [(pool.name, pool.holding) for pool in self.node_pools]
+            parts += [(pool.name, pool.holding) for pool in self.node_pools if not pool.kubelet_identity]
         return parts
 
     @property

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from emulator import role_assignments
 from emulator.arm_shapes import cluster_json
 from emulator.core import Emulator, emulator_of
 from emulator.faults import refusals
@@ -198,6 +199,8 @@ def _answer(emu: Emulator, claims_app: str, body: Any) -> web.Response:
         raise Reply(authorization_failed("resourcegraph", claims, "Microsoft.ResourceGraph/resources/read", "/"))
     if not isinstance(body, dict) or not isinstance(body.get("query"), str):
         raise _error(400, "BadRequest", [{"code": "InvalidRequestContent", "message": "The query is required."}])
+    if normalize(body["query"]) == normalize(role_assignments.ASSIGNMENTS_QUERY):
+        return role_assignments.graph_answer(emu.estate, claims_app, body)
     entry = QUERIES.get(normalize(body["query"]))
     if entry is None:
         details = [

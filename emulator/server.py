@@ -21,10 +21,12 @@ from emulator import (
     control,
     entra,
     graph,
+    identity_migration,
     keyvault,
     keyvault_deleted,
     metadata,
     resource_graph,
+    role_assignments,
     world,
 )
 from emulator.core import EMULATOR_KEY, Emulator, emulator_of
@@ -83,6 +85,8 @@ def build_app(emu: Emulator) -> web.Application:
         graph,
         keyvault,
         keyvault_deleted,
+        role_assignments,
+        identity_migration,
     ):
         module.setup(app)
     return app

@@ -7,6 +7,7 @@ removed it; per vault every version; every AKS operation.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from emulator.model import Estate
@@ -28,6 +29,7 @@ def cluster_truth(estate: Estate, c: Cluster) -> dict[str, Any]:
         "id": c.id,
         "clientId": c.client_id,
         "identityType": c.identity_type,
+        "identityResourceId": c.identity_resource_id,
         "kubeletIdentity": c.kubelet_identity,
         "heldKeyId": c.held_key_id,
         "heldSecretSha256": c.held_hash,
@@ -35,7 +37,13 @@ def cluster_truth(estate: Estate, c: Cluster) -> dict[str, Any]:
         "outage_seconds": round(c.outage_seconds, 3),
         "controlPlane": {**_holding(estate, c, c.control_plane), "usesSecret": "controlPlane" in needs},
         "nodePools": [
-            {"name": p.name, "count": p.count, **_holding(estate, c, p.holding), "usesSecret": p.name in needs}
+            {
+                "name": p.name,
+                "count": p.count,
+                **_holding(estate, c, p.holding),
+                "usesSecret": p.name in needs,
+                "kubeletIdentity": c.kubelet_identity or p.kubelet_identity,
+            }
             for p in c.node_pools
         ],
         "provisioningState": c.provisioning_state,
@@ -95,8 +103,16 @@ def truth(estate: Estate) -> dict[str, Any]:
             {"appId": app.app_id, **r.truth()} for app in estate.applications.values() for r in app.removed
         ],
         "vaults": [_vault(v) for v in estate.vaults.values()],
+        # Operations that failed because the identity a component uses lacks a role it needs (emulator.identities).
+        "brokenOperations": [b.truth() for b in estate.identity.broken],
         "operations": [
-            {"id": op.id, "clusterId": op.cluster_id, "kind": op.kind, "status": op.status}
+            {
+                "id": op.id,
+                "clusterId": op.cluster_id,
+                "kind": op.kind,
+                "status": op.status,
+                "started": iso(datetime.fromtimestamp(op.started, UTC)),
+            }
             for op in estate.operations.values()
         ],
         "modes": estate.modes.public(),

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from emulator import identities
 from emulator.core import Emulator, emulator_of
 from emulator.graph import add_years
 from emulator.keyvault_deleted import soft_delete
@@ -142,6 +143,7 @@ def migrate_identity(emu: Emulator, body: dict[str, Any]) -> dict[str, Any]:
     keeps the service principal until the node pools are upgraded (`upgrade_node_image`)."""
     cluster = _cluster(emu, body)
     cluster.identity_type = str(body.get("identity_type", "SystemAssigned"))
+    identities.check(emu.estate, cluster, emu.clock.timestamp())
     return {"identityType": cluster.identity_type, "kubeletIdentity": cluster.kubelet_identity}
 
 
@@ -150,6 +152,7 @@ def upgrade_node_image(emu: Emulator, body: dict[str, Any]) -> dict[str, Any]:
     cluster = _cluster(emu, body)
     if cluster.identity_type != "None":
         cluster.kubelet_identity = True
+        identities.check(emu.estate, cluster, emu.clock.timestamp())
     return {"kubeletIdentity": cluster.kubelet_identity}
 
 

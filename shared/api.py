@@ -15,6 +15,7 @@ from shared import clock, edge, rotation
 from shared.aks import AuthorizationFailed, ClusterNotFound
 from shared.caller import Caller, app_service_auth_in_front, http_caller
 from shared.messages import InvalidInput, check_allowed, parse_rotation_request
+from shared.migration.status import migration_status
 from shared.settings import Settings
 from shared.store import RotationStore
 
@@ -41,6 +42,7 @@ async def status_summary(settings: Settings) -> ApiResponse:
         {
             "generatedAt": now.isoformat(),
             "rotations": dict(Counter(r.state for r in rows)),
+            "migrations": await migration_status(settings),  # by stage reached (docs/migration.md)
             "nextExpiries": [
                 {
                     "clusterId": r.cluster_id,

@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from shared import cli_migrate, clock, console, discovery, events, permissions, report_html, rotation, shards
 from shared import cli_views as views
-from shared import clock, console, discovery, events, permissions, report_html, rotation, shards
 from shared import report as estate
 from shared.azure import product_credential
 from shared.logs import redact
@@ -146,6 +146,7 @@ def _print_scan(
     if listed:
         out.print(views.findings_table(listed, notes, len(report.findings), everything))
     out.print(views.notes_block(notes))
+    out.print(cli_migrate.progress_line(report.migration))
     out.print(views.errors_block(report.errors, everything))
 
 
@@ -369,6 +370,9 @@ def adopt(
     else:
         out.print(_report_table("Adopt" + (" (dry run)" if dry_run else ""), report.headers, report.rows()))
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILURE)
+
+
+cli_migrate.register(app)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from shared.messages import (
     new_correlation_id,
     new_rotation_message,
 )
+from shared.migration.plan import count_stages
 from shared.resource_graph import PAGE_SIZE, ResourceGraphError, ResourceGraphRefused, cluster_pages
 from shared.settings import Settings
 from shared.vault import SECRET_PREFIX, VaultError, VaultForbidden, VaultStore, VersionTags, secret_name_for
@@ -131,6 +132,7 @@ class ScanReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     # Findings per action, counted as they were decided (a streaming scan keeps only some of the findings).
     actions: dict[str, int] = field(default_factory=dict)
+    migration: dict[str, int] = field(default_factory=dict)  # clusters per migration stage (shared.migration.plan)
 
     def due(self) -> list[Finding]:
         """Credentials within their window, whatever the action (queued, deferred, opted out, report only)."""
@@ -150,6 +152,7 @@ class ScanReport:
             "seconds": round(self.seconds, 3),
             "due": len(self.due()),
             "actions": self.by_action(),
+            "migration": dict(self.migration),
             "requests": dict(self.requests),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "errors": list(self.errors),
@@ -779,6 +782,7 @@ async def scan(
         requests=dict(run.requests),
         stage_seconds=run.stages,
         actions=dict(sink.actions),
+        migration=source.migration,
     )
     if log_completed:
         log_report(report)
@@ -805,6 +809,7 @@ class _ClusterSource:
         self.subscriptions = list(subscriptions) if subscriptions is not None else None
         self.clusters = 0
         self.used_fallback = False
+        self.migration = count_stages({}, [])
         self._seen: set[str] = set()  # cluster keys yielded: ids only, the clusters themselves are let go
         self._seen_subscriptions: set[str] = set()
         self._listed_subscriptions: int | None = None
@@ -825,6 +830,7 @@ class _ClusterSource:
                 self._seen_subscriptions.add(cluster.subscription_id.lower())
                 out.append(cluster)
         self.clusters += len(out)
+        count_stages(self.migration, out)
         return out
 
     async def pages(self) -> AsyncIterator[list[ClusterInfo]]:

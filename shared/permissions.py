@@ -64,6 +64,7 @@ from shared.vault import vault_name
 
 __all__ = [
     "CERT_ARM_ACTIONS",
+    "MIGRATION_ARM_ACTIONS",
     "PROBE_SECRET",
     "REQUIRED_ARM_ACTIONS",
     "AdoptAction",
@@ -112,6 +113,20 @@ REQUIRED_ARM_ACTIONS: tuple[str, ...] = (
 CERT_ARM_ACTIONS: tuple[str, ...] = (
     "Microsoft.ContainerService/managedClusters/listClusterUserCredential/action",
     "Microsoft.ContainerService/managedClusters/rotateClusterCertificates/action",
+)
+# What `aks-rotator migrate --execute` needs, held by an administrator, never by the product's rotation identity
+# (docs/permissions.md, "Migration"): `roleAssignments/write` also at every scope the plan grants on.
+MIGRATION_ARM_ACTIONS: tuple[str, ...] = (
+    "Microsoft.ContainerService/managedClusters/read",
+    "Microsoft.ContainerService/managedClusters/write",
+    "Microsoft.ContainerService/managedClusters/agentPools/upgradeNodeImageVersion/action",
+    "Microsoft.ContainerService/managedClusters/maintenanceConfigurations/read",
+    "Microsoft.ContainerService/locations/operations/read",
+    "Microsoft.ManagedIdentity/userAssignedIdentities/read",
+    "Microsoft.ManagedIdentity/userAssignedIdentities/write",
+    "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action",
+    "Microsoft.Authorization/roleAssignments/read",
+    "Microsoft.Authorization/roleAssignments/write",
 )
 ROLE_ACTIONS_FILE = Path(__file__).resolve().parent.parent / "infra" / "app" / "rotator-role-actions.json"
 

@@ -8,12 +8,14 @@
 4. no password the product created outlives its purpose (held by a cluster, tracked in Key Vault, or within its
    rotation);
 5. no password the product did not create is removed while a cluster (visible or not) may hold it;
-6. every rotation ends succeeded, or failed with a reason and an alert.
+6. every rotation ends succeeded, or failed with a reason and an alert;
+7. (migration) no cluster ever loses a permission it had;
+8. (migration) no migration step runs outside the cluster's maintenance window unless urgent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 from shared.record import RotationRecord
 from shared.rotation import DISPLAY_NAME_PREFIX
 from shared.vault import MANAGED_BY, MANAGED_BY_TAG, secret_name_for
+from shared.windows import Window, is_open
 
 KEPT_STATES = ("current", "previous", "uncertain")  # "uncertain": kept on purpose, tracked and alerted
 
@@ -188,3 +191,30 @@ def held_expiry(state: Mapping[str, Any]) -> dict[str, datetime]:
         if cluster["clientId"] != "msi" and end is not None:
             out[cluster["id"].lower()] = end
     return out
+
+
+# -- migration to managed identity (issue 13) -------------------------------------------------------------------
+MIGRATION_OPERATIONS = ("updateIdentity", "upgradeNodeImageVersion")
+
+
+def check_migration(
+    state: Mapping[str, Any], windows: Callable[[str], Sequence[Window]], *, urgent: Iterable[str] = ()
+) -> Violations:
+    """7. no cluster ever loses a permission it had (the truth's `brokenOperations`: an operation a component
+    could do on its service principal and cannot do on its new identity); 8. no migration step (identity update,
+    node image upgrade) starts outside the cluster's maintenance window (`windows(cluster_id)`) unless the cluster
+    is in `urgent`."""
+    found = Violations()
+    for broken in state.get("brokenOperations", []):
+        found.add(
+            f"lost permission: {broken['component']} of {broken['clusterId']} cannot {broken['operation']} "
+            f"({broken['role']} on {broken['scope']}) since {broken['at']}"
+        )
+    pressed = {c.lower() for c in urgent}
+    for op in state["operations"]:
+        if op["kind"] not in MIGRATION_OPERATIONS or op["clusterId"].lower() in pressed:
+            continue
+        started = _when(op.get("started"))
+        if started is not None and not is_open(windows(op["clusterId"]), started):
+            found.add(f"window: {op['kind']} of {op['clusterId']} started at {started:%Y-%m-%d %H:%M} outside it")
+    return found

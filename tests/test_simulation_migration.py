@@ -1,0 +1,261 @@
+"""Simulated weeks of migrating SP clusters to managed identity (issue 13), with the rotation engine running beside
+it (tests/support/sim.py): the whole rotation promise plus "no cluster ever loses a permission it had" and "no
+migration step runs outside the cluster's maintenance window unless urgent" (tests/support/invariants.py).
+
+The executor (`shared.migration.execute.Executor`) runs for opted-in clusters at the instants its last step asked
+for, as the administrator's `migrate --execute` would; it opens fresh clients each time (tokens last an hour).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from emulator.sandbox import EmulatorControl
+from shared import api, clock, shards
+from shared.aks import AksClient
+from shared.azure import product_credential
+from shared.graph import GraphOps
+from shared.migration.arm import MigrationArm
+from shared.migration.collect import Sources
+from shared.migration.execute import Executor, Phase, Step, application_id
+from shared.store import RotationStore
+from shared.windows import SettingWindow
+from tests.support import migration
+from tests.support.engine import World
+from tests.support.invariants import check_migration
+from tests.support.sim import Simulation
+from tests.support.world import app_of
+
+WINDOW = "Sat,Sun 01:00-05:00"
+UNLIMITED = {"resourcegraph_queries": 1_000_000, "arm_read_capacity": 1_000_000, "arm_write_capacity": 1_000_000}
+
+
+class Driver:
+    """Runs `Executor.advance` for each opted-in cluster when its previous step said to come back."""
+
+    def __init__(self, sim: Simulation, cluster_ids: list[str]) -> None:
+        self.sim = sim
+        self.due: dict[str, datetime] = {c: sim.now() for c in cluster_ids}
+        self.steps: list[Step] = []
+
+    def start(self) -> None:
+        self.sim.at(self.sim.now(), self.tick, "migration")
+
+    async def tick(self, sim: Simulation) -> None:
+        settings = sim.settings
+        credential = product_credential(settings)
+        try:
+            async with (
+                AksClient(settings, credential) as aks,
+                MigrationArm(settings, credential) as arm,
+                GraphOps(settings, credential) as graph,
+                RotationStore(settings) as store,
+            ):
+                await store.ensure()
+                executor = Executor(
+                    Sources(settings, credential, aks, arm, graph),
+                    store,
+                    poll_seconds=settings.lro_poll_seconds,
+                    requeue_seconds=300,
+                )
+                for cluster_id, due in sorted(self.due.items()):
+                    if due > sim.now():
+                        continue
+                    step = await executor.advance(cluster_id, sim.now())
+                    self.steps.append(step)
+                    sim.log.append(f"{sim.now():%Y-%m-%d %H:%M} migration {cluster_id.rsplit('/', 1)[-1]}: {step}")
+                    if step.retry_after is None:
+                        del self.due[cluster_id]
+                    else:
+                        self.due[cluster_id] = sim.now() + timedelta(seconds=max(60.0, step.retry_after))
+        finally:
+            await credential.close()
+        if self.due:
+            sim.at(min(self.due.values()), self.tick, "migration")
+
+
+def _world(emulator: EmulatorControl, azurite: Any, clusters: list[dict[str, Any]], **env: str) -> World:
+    doc = migration.estate(clusters)
+    doc["limits"] = UNLIMITED
+    return World(emulator, azurite, doc, MAINTENANCE_WINDOW=WINDOW, **env)
+
+
+def _monday_world(emulator: EmulatorControl, azurite: Any, clusters: list[dict[str, Any]]) -> World:
+    """`_world` started on the next Monday at noon UTC whatever the wall clock (expiries shifted with it), so the
+    order of events around the weekend windows is the same on every run."""
+    now = datetime.now(UTC)  # the emulator's clock after a reset
+    monday_noon = (now + timedelta(days=7 - now.weekday())).replace(hour=12, minute=0, second=0, microsecond=0)
+    ahead = (monday_noon - now).total_seconds()
+    shifted = [{**c, "days": c.get("days", 200) + ahead / 86400} for c in clusters]
+    world = _world(emulator, azurite, shifted)
+    emulator.advance(ahead)
+    world.sim = Simulation(emulator, world.settings)
+    return world
+
+
+def _progress(world: World) -> tuple[dict[str, int], dict[str, int]]:
+    """(what a dry-run scan counts per stage, what `GET /api/status` counts of the product's migrations)."""
+
+    async def read() -> tuple[dict[str, int], dict[str, int]]:
+        with clock.use(world.sim.now):
+            report = await shards.scan(world.settings, dry_run=True)
+            status = await api.status_summary(world.settings)
+        return report.migration, status.body["migrations"]
+
+    return asyncio.run(read())
+
+
+def _audit(world: World, partition: str) -> list[Any]:
+    async def read() -> list[Any]:
+        async with RotationStore(world.settings) as store:
+            return await store.audit_log(partition)
+
+    return asyncio.run(read())
+
+
+def test_an_estate_migrates_with_no_outage_and_no_lost_permission(emulator: EmulatorControl, azurite: Any) -> None:
+    world = _monday_world(
+        emulator,
+        azurite,
+        [
+            {"name": "aks-vnet", "vnet": True},
+            {"name": "aks-acr", "acr": True, "pools": ["system", "gpu", "batch"]},
+            {"name": "aks-shared-a", "app": "shared-sp", "vnet": True, "acr": True},
+            {"name": "aks-shared-b", "app": "shared-sp", "acr": True},
+            {"name": "aks-born-msi", "msi": True},
+        ],
+    )
+    before = _progress(world)
+    assert before[0] == {"service_principal": 4, "control_plane_on_identity": 0, "managed_identity": 1}
+    initial = emulator.state()
+    ids = [c["id"] for c in initial["clusters"] if c["clientId"] != "msi"]
+    driver = Driver(world.sim, ids)
+    driver.start()
+    world.run(16)
+    state = emulator.state()
+    world.check()  # zero outage (every node pool, while any uses the secret), Key Vault, leaks, removals
+    check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
+    assert {c["clientId"] for c in state["clusters"]} == {"msi"}, world.sim.explain(["not migrated"])
+    assert state["clusters"][-1]["identityType"] == "SystemAssigned"  # the cluster born on managed identity
+    assert all(p["kubeletIdentity"] for c in state["clusters"] for p in c["nodePools"])
+    assert [s.phase for s in driver.steps if s.retry_after is None] == [Phase.DONE] * 4
+    kinds = sorted(op["kind"] for op in state["operations"])
+    assert kinds.count("updateIdentity") == 4 and kinds.count("upgradeNodeImageVersion") == 9  # nothing twice
+    apps = {c["clientId"] for c in initial["clusters"]} - {"msi"}
+    reports = [r for app in apps for r in _audit(world, application_id(app)) if r.step == Phase.RETIRE.value]
+    assert sorted(r.outcome for r in reports) == ["ready"] * 3  # one per application, once its last cluster moved
+    assert state["removedPasswords"] == []  # the applications are reported ready to delete, never stripped
+    progress = _progress(world)
+    assert progress[0]["managed_identity"] == 5 and progress[0]["service_principal"] == 0  # the MSI cluster too
+    assert progress[1] == {
+        "service_principal": 0,
+        "control_plane_on_identity": 0,
+        "managed_identity": 4,
+        "failed": 0,
+    }
+
+
+def test_switching_before_grants_propagate_is_what_the_invariant_catches(
+    emulator: EmulatorControl, azurite: Any
+) -> None:
+    """The invariant can fail: the same switch made at once (as `az aks update` right after granting would)."""
+    _world(emulator, azurite, [{"name": "aks-vnet", "vnet": True, "acr": True}])
+    cluster = emulator.state()["clusters"][0]
+    emulator.world("migrate_identity", cluster=cluster["id"], identity_type="SystemAssigned")
+    emulator.world("upgrade_node_image", cluster=cluster["id"])
+    found = check_migration(emulator.state(), lambda _: [SettingWindow.parse(WINDOW)])
+    lost = sorted(p.split(" of ")[0] for p in found.problems)
+    assert lost == ["lost permission: controlPlane", "lost permission: system", "lost permission: user"], lost
+
+
+def test_a_half_migrated_cluster_keeps_its_sp_secret_valid(emulator: EmulatorControl, azurite: Any) -> None:
+    """Issue 11 item 3: the control plane moved, kubelet on two pools still uses the SP secret, which expires in
+    ten days; the rotation engine rotates it with zero outage on those pools, before anyone upgrades them."""
+    doc = migration.estate([{"name": "aks-half", "days": 10, "pools": ["system", "user"]}])
+    doc["limits"] = UNLIMITED
+    doc["clusters"][0]["identity_type"] = "SystemAssigned"
+    doc["clusters"][0]["kubelet_identity"] = False
+    world = World(emulator, azurite, doc, MAINTENANCE_WINDOW=WINDOW)
+    before = world.cluster("aks-half")
+    assert before["controlPlane"]["usesSecret"] is False
+    assert [p["usesSecret"] for p in before["nodePools"]] == [True, True]
+    world.run(14)
+    world.check()
+    after = world.cluster("aks-half")
+    assert after["heldKeyId"] != before["heldKeyId"]  # rotated
+    assert _progress(world)[0]["control_plane_on_identity"] == 1
+    assert all(p["outage_seconds"] == 0 and p["heldValid"] for p in after["nodePools"])
+    assert {r.state for r in world.records().values()} == {"succeeded"}
+    assert app_of(doc, "aks-half")  # the application is still there, with the new secret
+
+
+def test_the_window_invariant_fails_for_a_step_outside_the_window() -> None:
+    state = {
+        "brokenOperations": [],
+        "operations": [
+            {"kind": "upgradeNodeImageVersion", "clusterId": "/c/a", "started": "2026-11-30T12:00:00Z"},  # a Monday
+            {"kind": "upgradeNodeImageVersion", "clusterId": "/c/b", "started": "2026-11-29T02:00:00Z"},  # Sunday 02:00
+            {"kind": "resetServicePrincipalProfile", "clusterId": "/c/a", "started": "2026-11-30T12:00:00Z"},
+        ],
+    }
+    found = check_migration(state, lambda _: [SettingWindow.parse(WINDOW)])
+    assert [p.split(" started")[0] for p in found.problems] == ["window: upgradeNodeImageVersion of /c/a"]
+    assert not check_migration(state, lambda _: [SettingWindow.parse(WINDOW)], urgent=["/c/a"]).problems
+
+
+def test_an_urgent_credential_migrates_outside_the_window(emulator: EmulatorControl, azurite: Any) -> None:
+    """The SP secret ends in two days (< URGENT_DAYS) and the window opens later: the identity update does not
+    wait for it; the invariant holds only because the cluster was urgent."""
+    world = _monday_world(emulator, azurite, [{"name": "aks-late", "days": 2, "vnet": True, "acr": True}])
+    cluster_id = emulator.state()["clusters"][0]["id"]
+    window = [SettingWindow.parse(WINDOW)]
+    assert not window[0].allows(world.sim.now() + timedelta(hours=1))  # the run starts outside the window
+    driver = Driver(world.sim, [cluster_id])
+    driver.start()
+    world.run(0.25)
+    state = emulator.state()
+    started = [op for op in state["operations"] if op["kind"] == "updateIdentity"]
+    assert started, world.sim.explain(["no identity update"])
+    assert check_migration(state, lambda _: window).problems  # outside the window...
+    check_migration(state, lambda _: window, urgent=[cluster_id]).check()  # ...because it was urgent
+    assert state["brokenOperations"] == []
+
+
+def test_a_failed_node_image_upgrade_alerts_and_a_rerun_finishes(emulator: EmulatorControl, azurite: Any) -> None:
+    world = _monday_world(emulator, azurite, [{"name": "aks-flaky", "acr": True}])
+    emulator.add_faults({"kind": "lro_fail", "surface": "arm", "operation": "upgradeNodeImageVersion", "times": 1})
+    cluster_id = emulator.state()["clusters"][0]["id"]
+    driver = Driver(world.sim, [cluster_id])
+    driver.start()
+    world.run(8)
+    assert driver.steps[-1].phase is Phase.FAILED and not driver.due  # stopped: a person acts
+    alerts = [a for a in world.sim.alerts.about(cluster_id) if a.fields.get("migration")]
+    assert len(alerts) == 1 and "ended Failed" in alerts[0].message
+    assert [p["usesSecret"] for p in world.cluster("aks-flaky")["nodePools"]] == [True, True]  # still on the SP
+    driver.due[cluster_id] = world.sim.now()  # the administrator runs `migrate --execute` again
+    driver.start()
+    world.run(8)
+    world.check()
+    state = emulator.state()
+    check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
+    assert world.cluster("aks-flaky")["clientId"] == "msi" and driver.steps[-1].phase is Phase.DONE
+
+
+def test_a_due_rotation_and_the_migration_of_one_cluster(emulator: EmulatorControl, azurite: Any) -> None:
+    """The secret is due (20 days) while the cluster migrates; both wait for the same weekend window and take turns
+    on the cluster (each waits out the other's operation). Whichever goes first, every pool keeps a valid secret
+    while it uses one, nothing leaks, no permission is lost, and the cluster ends on managed identity."""
+    world = _monday_world(emulator, azurite, [{"name": "aks-both", "days": 20, "vnet": True, "acr": True}])
+    driver = Driver(world.sim, [emulator.state()["clusters"][0]["id"]])
+    driver.start()
+    world.run(16)
+    world.check()
+    state = emulator.state()
+    check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
+    assert world.cluster("aks-both")["clientId"] == "msi"
+    (record,) = world.records().values()
+    # Known gap (docs/migration.md): when the migration finishes first, the rotation ends `failed` with an alert
+    # ("the cluster no longer uses application ...") instead of ending quietly; the wall clock decides the order.
+    assert record.state == "succeeded" or "no longer uses application" in (record.failure_reason or "")
