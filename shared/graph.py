@@ -55,6 +55,9 @@ from msgraph.generated.service_principals.item.remove_password.remove_password_p
 from msgraph.generated.service_principals.item.service_principal_item_request_builder import (
     ServicePrincipalItemRequestBuilder,
 )
+from msgraph.generated.service_principals_with_app_id.service_principals_with_app_id_request_builder import (
+    ServicePrincipalsWithAppIdRequestBuilder,
+)
 from msgraph.graph_service_client import GraphServiceClient
 from pydantic import SecretStr
 
@@ -558,7 +561,12 @@ class GraphOps:
 
     async def service_principal_id(self, app_id: str) -> str | None:
         """Object id of the service principal of `app_id`, or None if the tenant has none."""
-        builder = self._client.service_principals_with_app_id(app_id)
+        # Not `self._client.service_principals_with_app_id(app_id)`: that generated builder writes `appId` into the
+        # client's own path-parameter dict (shared by every builder), so concurrent look-ups all asked for the last
+        # app id. A copy per call keeps each request its own.
+        builder = ServicePrincipalsWithAppIdRequestBuilder(
+            self._client.request_adapter, dict(self._client.path_parameters), app_id
+        )
         try:
             sp = await self._call("get service principal", lambda: builder.get(self._config()))
         except GraphError as exc:

@@ -306,3 +306,19 @@ def test_owners_and_add_owner(emulator: EmulatorControl, emu_settings: Settings)
     emulator.reset(_estate(["Application.ReadWrite.OwnedBy"]))
     with pytest.raises(GraphAuthorizationError):
         _ops(emu_settings, lambda ops: ops.add_owner("application", oid, product_sp))
+
+
+def test_concurrent_service_principal_lookups_each_get_their_own(
+    emulator: EmulatorControl, emu_settings: Settings
+) -> None:
+    """msgraph's `service_principals_with_app_id` builder writes the app id into the client's shared path
+    parameters; concurrent look-ups must still each reach their own application's service principal."""
+    emulator.reset(_estate(["Application.ReadWrite.OwnedBy"], apps=8))
+    apps = [a for a in emulator.state()["applications"] if a.get("servicePrincipal")]
+    assert len(apps) >= 4
+
+    async def look(ops: GraphOps) -> list[str | None]:
+        return list(await asyncio.gather(*(ops.service_principal_id(a["appId"]) for a in apps)))
+
+    found = _ops(emu_settings, look)
+    assert found == [a["servicePrincipal"]["objectId"] for a in apps]

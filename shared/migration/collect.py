@@ -91,8 +91,6 @@ async def collect(
         if c.sp_client_id:
             users[c.sp_client_id.lower()].append(c.name)
     apps = sorted({c.sp_client_id for c in targets if c.sp_client_id})
-    # One at a time: concurrent `service_principal_id` calls on a fresh GraphOps all answered the last app's id
-    # (msgraph `service_principals_with_app_id`; seen against the emulator, docs/migration.md).
     sp_ids = {app: await src.graph.service_principal_id(app) for app in apps}
     principals = {v.lower() for v in sp_ids.values() if v}
     subscriptions = sorted({c.subscription_id.lower() for c in clusters})
