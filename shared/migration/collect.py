@@ -4,6 +4,7 @@ when Resource Graph refuses or fails), node pools, maintenance windows and the a
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ async def collect(
         if c.sp_client_id:
             users[c.sp_client_id.lower()].append(c.name)
     apps = sorted({c.sp_client_id for c in targets if c.sp_client_id})
-    sp_ids = {app: await src.graph.service_principal_id(app) for app in apps}
+    sp_ids = dict(zip(apps, await asyncio.gather(*(src.graph.service_principal_id(app) for app in apps)), strict=True))
     principals = {v.lower() for v in sp_ids.values() if v}
     subscriptions = sorted({c.subscription_id.lower() for c in clusters})
     held, fallback = await _assignments(src, principals, subscriptions)
