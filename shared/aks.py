@@ -22,14 +22,13 @@ from urllib.parse import quote, urlparse
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.polling import AsyncNoPolling
 from azure.core.rest import HttpRequest
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import ManagedClusterServicePrincipalProfile
 from cryptography import x509
 
-from shared.azure import ServiceError, container_service
+from shared.azure import ServiceError, container_service, pooled_transport, shared_session
 from shared.settings import Settings
 from shared.windows import MaintenanceWindow
 
@@ -260,10 +259,8 @@ class AksClient:
             # One connection pool for every subscription's client: a scan touching thousands of subscriptions
             # (CA reads) must not open a TLS connection per subscription.
             if self._session is None:
-                self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
-            transport = AioHttpTransport(
-                session=self._session, session_owner=False, connection_verify=self._settings.ca_bundle or True
-            )
+                self._session = shared_session(self._settings)
+            transport = pooled_transport(self._session)
             client = container_service(self._settings, self._credential, key, transport=transport, **self._kwargs)
             self._clients[key] = client
         return client
