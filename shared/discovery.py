@@ -43,7 +43,13 @@ from shared.messages import (
     new_correlation_id,
     new_rotation_message,
 )
-from shared.resource_graph import PAGE_SIZE, ResourceGraphError, ResourceGraphRefused, cluster_pages
+from shared.resource_graph import (
+    PAGE_SIZE,
+    ResourceGraphError,
+    ResourceGraphRefused,
+    SubscriptionLimitHit,
+    cluster_pages,
+)
 from shared.settings import Settings
 from shared.vault import SECRET_PREFIX, VaultError, VaultForbidden, VaultStore, VersionTags, secret_name_for
 
@@ -837,8 +843,13 @@ class _ClusterSource:
                 subscriptions = None  # one unscoped query: every subscription Resource Graph lets us see
         self.subscriptions = subscriptions
         try:
-            async for page in self._resource_graph(subscriptions):
-                yield self._fresh(page)
+            try:
+                async for page in self._resource_graph(subscriptions):
+                    yield self._fresh(page)
+            except SubscriptionLimitHit as hit:
+                self.subscriptions = subscriptions = await self._named_subscriptions(hit)
+                async for page in self._resource_graph(subscriptions):
+                    yield self._fresh(page)
             run.tick("clusters", 1, 1)
             return
         except (ResourceGraphRefused, ResourceGraphError) as failed:
@@ -855,6 +866,17 @@ class _ClusterSource:
         fresh = self._fresh(unique(listed))
         for i in range(0, len(fresh), PAGE_SIZE):
             yield fresh[i : i + PAGE_SIZE]
+
+    async def _named_subscriptions(self, hit: SubscriptionLimitHit) -> list[str]:
+        """The unscoped query covered only part of the tenant: reported, then asked again per subscription batch
+        (the subscriptions from ARM; if ARM cannot list them either, Resource Graph is given up for this scan)."""
+        log_event(log, logging.WARNING, "discovery.subscription_limit", str(hit))
+        self.run.errors.append(f"{hit}: queried again per subscription batch")
+        try:
+            self.run.requests["arm.listSubscriptions"] += 1
+            return await self.aks.list_subscriptions()
+        except (AksError, AzureError) as exc:
+            raise ResourceGraphError(f"{hit}, and listing subscriptions failed: {exc}") from None
 
     async def _resource_graph(self, subscriptions: list[str] | None) -> AsyncIterator[list[ClusterInfo]]:
         shards: list[list[str] | None] = [None]

@@ -328,6 +328,25 @@ def test_resource_graph_refused_falls_back_to_arm(
     assert json.loads(json.dumps(report.to_json()))["used_fallback"] is True
 
 
+def test_tenant_subscription_limit_is_reported_and_queried_per_subscription_batch(
+    emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
+) -> None:
+    """ARM cannot list subscriptions at first, so the scan asks Resource Graph unscoped; the tenant limit cuts that
+    answer (x-ms-tenant-subscription-limit-hit), the scan says so and asks again naming every subscription."""
+    doc = seeds.generate(clusters=60, subscriptions=4)
+    doc["limits"] = {"resourcegraph_tenant_subscriptions": 2}
+    _reset(emulator, doc)
+    emulator.add_faults({"kind": "status", "surface": "arm", "operation": "listSubscriptions", "times": 1})
+    settings = _settings(emulator, azurite, storage_names)
+    emulator.clear_requests()
+    report = _scan(settings, dry_run=True, sdk_kwargs={**FAST, "retry_total": 0})
+    assert report.clusters == 60 and report.subscriptions == 4 and not report.used_fallback
+    assert [e for e in report.errors if "x-ms-tenant-subscription-limit-hit" in e]
+    counts = emulator.requests()
+    assert counts["resourcegraph.resources"] == 1 + 4  # the cut answer, then one query per shard (4 subscriptions)
+    assert counts["arm.listSubscriptions"] == 2
+
+
 def test_resource_graph_fault_falls_back(emulator: EmulatorControl, settings: Settings) -> None:
     emulator.add_faults({"kind": "status", "surface": "resourcegraph", "status": 403})
     report = _scan(settings, dry_run=True)
