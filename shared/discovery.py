@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -718,6 +719,32 @@ async def _queue(
 
 
 # -- entry points ----------------------------------------------------------------------------------------------
+GC_THRESHOLD = 20_000  # allocations between young-generation collections while a scan runs (default 700)
+
+
+class _Collections:
+    """A page is tens of thousands of parsed JSON containers and findings, nearly all freed by reference counting;
+    at the default threshold the cyclic collector ran every few hundred allocations, re-walking everything the
+    scan holds: a quarter of its CPU. Raised while any scan runs, restored when the last running one ends."""
+
+    running = 0
+    before: tuple[int, int, int] = gc.get_threshold()
+
+    @classmethod
+    @contextlib.contextmanager
+    def fewer(cls) -> Iterator[None]:
+        if cls.running == 0:
+            cls.before = gc.get_threshold()
+            gc.set_threshold(max(cls.before[0], GC_THRESHOLD), cls.before[1], cls.before[2])
+        cls.running += 1
+        try:
+            yield
+        finally:
+            cls.running -= 1
+            if cls.running == 0:
+                gc.set_threshold(*cls.before)
+
+
 Keep = Literal["all", "due"]
 PAGES_IN_FLIGHT = 4  # cluster pages decided concurrently; bounds the memory a scan holds
 
@@ -752,6 +779,7 @@ async def scan(
     kwargs = dict(sdk_kwargs or {})
     sink = _Sink(run, keep, correlation_id)
     async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(_Collections.fewer())
         if credential is None:
             credential = product_credential(settings)
             stack.push_async_callback(credential.close)

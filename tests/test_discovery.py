@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -491,3 +492,12 @@ def test_key_vault_listing_pages(emulator: EmulatorControl, azurite: Azurite, st
     counts = emulator.requests()
     assert counts["keyvault.getSecrets"] >= 2  # 30 secrets at 25 per page (the challenge is already cached)
     assert counts.get("keyvault.getSecretVersions", 0) == 0  # every latest version is the current one
+
+
+def test_collector_threshold_is_raised_while_scans_run_and_restored_after_the_last() -> None:
+    before = gc.get_threshold()
+    with discovery._Collections.fewer():
+        with discovery._Collections.fewer():
+            assert gc.get_threshold()[0] == max(before[0], discovery.GC_THRESHOLD)
+        assert gc.get_threshold()[0] == max(before[0], discovery.GC_THRESHOLD)  # another scan still runs
+    assert gc.get_threshold() == before
