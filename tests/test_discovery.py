@@ -17,6 +17,7 @@ from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, settings_env
 from shared import discovery
+from shared.aks import CLIENTS_KEPT, AksClient
 from shared.azure import product_credential
 from shared.discovery import DiscoveryError, Finding, ScanReport
 from shared.messages import parse_message
@@ -501,3 +502,21 @@ def test_collector_threshold_is_raised_while_scans_run_and_restored_after_the_la
             assert gc.get_threshold()[0] == max(before[0], discovery.GC_THRESHOLD)
         assert gc.get_threshold()[0] == max(before[0], discovery.GC_THRESHOLD)  # another scan still runs
     assert gc.get_threshold() == before
+
+
+def test_arm_clients_per_subscription_are_bounded(settings: Settings) -> None:
+    """A scan touching thousands of subscriptions (CA reads) keeps only the most recently used SDK clients."""
+
+    async def main() -> None:
+        credential = product_credential(settings)
+        try:
+            async with AksClient(settings, credential) as aks:
+                kept = aks._client("sub-0")
+                for i in range(1, CLIENTS_KEPT + 10):
+                    aks._client(f"sub-{i}")
+                    assert aks._client("sub-0") is kept  # used again: kept
+                assert len(aks._clients) == CLIENTS_KEPT and "sub-1" not in aks._clients
+        finally:
+            await credential.close()
+
+    asyncio.run(main())
