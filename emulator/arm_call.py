@@ -61,9 +61,9 @@ class Call:
         )
         self.authorize(action, scope)
         sub = self.subscription()
-        self.resource_group(sub)
         cluster = self.emu.estate.clusters.get(scope.lower())
         if cluster is None:
+            self.resource_group(sub)  # which 404: the resource group's or the cluster's (a scan of every cluster)
             message = (
                 f"The Resource 'Microsoft.ContainerService/managedClusters/{info['name']}' under resource group "
                 f"'{info['resource_group']}' was not found. For more details please go to "

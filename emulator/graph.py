@@ -225,8 +225,9 @@ def _project(doc: dict[str, Any], fields: list[str] | None, entity_type: str) ->
     if fields is None:
         return doc
     out: dict[str, Any] = {}
+    names = {k.lower(): k for k in doc}
     for name in fields:
-        match = next((k for k in doc if k.lower() == name.lower()), None)
+        match = names.get(name.lower())
         if match is None:
             raise bad_request(f"Could not find a property named '{name}' on type 'microsoft.graph.{entity_type}'.")
         out[match] = doc[match]

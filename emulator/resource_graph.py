@@ -90,8 +90,11 @@ READ_ACTION = "microsoft.containerservice/managedclusters/read"
 # Visible cluster keys (lower-case ids, sorted) per estate, caller and requested subscriptions. A page is then a
 # slice of this list plus 1,000 live rows, instead of a rebuild and authorization of the whole estate per page.
 # Valid while the estate object, its cluster and role-assignment counts and the mutation count are unchanged.
-_VISIBLE: weakref.WeakKeyDictionary[Estate, dict[tuple[str, frozenset[str]], tuple[tuple[int, ...], list[str]]]]
+_Visible = tuple[list[str], bool]  # (sorted cluster keys, whether the tenant's subscription limit cut the scope)
+_VISIBLE: weakref.WeakKeyDictionary[Estate, dict[tuple[str, frozenset[str]], tuple[tuple[int, ...], _Visible]]]
 _VISIBLE = weakref.WeakKeyDictionary()
+TENANT_SUBSCRIPTION_LIMIT = 10_000  # an unscoped query covers at most this many subscriptions (docs/emulator.md)
+LIMIT_HIT_HEADER = "x-ms-tenant-subscription-limit-hit"
 
 
 def _generation(emu: Emulator) -> tuple[int, ...]:
@@ -106,10 +109,11 @@ def _prefixes(resource_id: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
-def _visible_keys(emu: Emulator, principal: str, requested: set[str]) -> list[str]:
+def _visible_keys(emu: Emulator, principal: str, requested: set[str]) -> _Visible:
     """Sorted keys of the clusters `principal` may read (`Microsoft.ContainerService/managedClusters/read` by role
     assignment, as `emulator.arm.can` decides), within `requested` subscriptions or every visible subscription
-    (as `emulator.arm.visible_subscriptions` decides)."""
+    (as `emulator.arm.visible_subscriptions` decides) — of those, an unscoped query covers only the first
+    `limits.resourcegraph_tenant_subscriptions` (and says so: the flag)."""
     estate = emu.estate
     key = (principal.lower(), frozenset(requested))
     generation = _generation(emu)
@@ -125,13 +129,17 @@ def _visible_keys(emu: Emulator, principal: str, requested: set[str]) -> list[st
     broad = any(ra.scope.count("/") < 2 for ra in mine)  # at or above /subscriptions: every subscription
     visible = {s.lower() for s in estate.subscriptions if broad or s.lower() in touched}
     scope = (requested & visible) if requested else visible
+    limit = int(emu.seed.get("limits", {}).get("resourcegraph_tenant_subscriptions", TENANT_SUBSCRIPTION_LIMIT))
+    limit_hit = not requested and len(scope) > limit
+    if limit_hit:
+        scope = set(sorted(scope)[:limit])
     keys = sorted(
         k
         for k, c in estate.clusters.items()
         if c.subscription_id.lower() in scope and any(p in readable for p in _prefixes(k))
     )
-    per_estate[key] = (generation, keys)
-    return keys
+    per_estate[key] = (generation, (keys, limit_hit))
+    return keys, limit_hit
 
 
 def _subscription_of(scope: str) -> str:
@@ -224,7 +232,7 @@ def _answer(emu: Emulator, claims_app: str, body: Any) -> web.Response:
         message = f"The $top value must be between 1 and {PAGE_MAX}, $skip must not be negative."
         raise _error(400, "BadRequest", [{"code": "InvalidOptions", "message": message}])
     requested = {s.lower() for s in body.get("subscriptions") or []}
-    keys = _visible_keys(emu, claims_app, requested)
+    keys, limit_hit = _visible_keys(emu, claims_app, requested)
     fingerprint = hashlib.sha256(
         (normalize(body["query"]) + "|" + ",".join(sorted(requested)) + f"|{skip}").encode()
     ).hexdigest()[:16]
@@ -249,7 +257,7 @@ def _answer(emu: Emulator, claims_app: str, body: Any) -> web.Response:
     }
     if start + top < len(keys):
         result["$skipToken"] = _token(start - skip + top, fingerprint)
-    return web.json_response(result)
+    return web.json_response(result, headers={LIMIT_HIT_HEADER: "true"} if limit_hit else None)
 
 
 def setup(app: web.Application) -> None:

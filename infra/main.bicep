@@ -130,11 +130,14 @@ var assignableSubscriptionIds = union([
 var storageNames = {
   queue: 'rotations'
   poisonQueue: 'rotations-poison'
+  scanQueue: 'rotations-scan'
+  scanPoisonQueue: 'rotations-scan-poison'
   eventsQueue: 'keyvault-events'
   eventsPoisonQueue: 'keyvault-events-poison'
   stateTable: 'rotations'
   auditTable: 'rotationaudit'
   lockContainer: 'rotation-locks'
+  scanContainer: 'rotation-locks-scans'
   deploymentContainer: 'app-package-${resourceToken}'
   eventsDeadLetterContainer: 'keyvault-events-deadletter'
 }
@@ -309,6 +312,8 @@ module appRoles 'app/rbac.bicep' = {
     queueNames: [
       storageNames.queue
       storageNames.poisonQueue
+      storageNames.scanQueue
+      storageNames.scanPoisonQueue
       storageNames.eventsQueue
       storageNames.eventsPoisonQueue
     ]

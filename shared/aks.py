@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import fnmatch
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,19 +23,19 @@ from urllib.parse import quote, urlparse
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError
-from azure.core.pipeline.transport import AioHttpTransport
 from azure.core.polling import AsyncNoPolling
 from azure.core.rest import HttpRequest
 from azure.mgmt.containerservice.aio import ContainerServiceClient
 from azure.mgmt.containerservice.models import ManagedClusterServicePrincipalProfile
 from cryptography import x509
 
-from shared.azure import ServiceError, container_service
+from shared.azure import ServiceError, container_service, pooled_transport, shared_session
 from shared.settings import Settings
 from shared.windows import MaintenanceWindow
 
 SUBSCRIPTIONS_API_VERSION = "2022-12-01"
 _NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+CLIENTS_KEPT = 64  # per-subscription SDK clients kept by one AksClient
 PERMISSIONS_API_VERSION = "2022-04-01"
 T = TypeVar("T")
 _CLUSTER_ID = re.compile(
@@ -232,7 +233,7 @@ class AksClient:
         self._settings = settings
         self._credential = credential
         self._kwargs = client_kwargs
-        self._clients: dict[str, ContainerServiceClient] = {}
+        self._clients: OrderedDict[str, ContainerServiceClient] = OrderedDict()
         self._session: aiohttp.ClientSession | None = None
         arm = urlparse(settings.arm_endpoint)
         self._arm_origin = (arm.scheme.lower(), arm.netloc.lower())
@@ -246,7 +247,7 @@ class AksClient:
         await self.close()
 
     async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
+        clients, self._clients = list(self._clients.values()), OrderedDict()
         for client in clients:
             await client.close()
         if self._session is not None:
@@ -256,16 +257,21 @@ class AksClient:
     def _client(self, subscription_id: str) -> ContainerServiceClient:
         key = subscription_id.lower()
         client = self._clients.get(key)
-        if client is None:
+        if client is not None:
+            self._clients.move_to_end(key)
+        else:
             # One connection pool for every subscription's client: a scan touching thousands of subscriptions
             # (CA reads) must not open a TLS connection per subscription.
             if self._session is None:
-                self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
-            transport = AioHttpTransport(
-                session=self._session, session_owner=False, connection_verify=self._settings.ca_bundle or True
-            )
+                self._session = shared_session(self._settings)
+            transport = pooled_transport(self._session)
             client = container_service(self._settings, self._credential, key, transport=transport, **self._kwargs)
             self._clients[key] = client
+            # Only the most recently used are kept: a client is ~35 KB of SDK configuration and holds nothing else
+            # (the pool is the shared session), so one dropped needs no close, and memory does not grow with the
+            # subscriptions a scan touches.
+            while len(self._clients) > CLIENTS_KEPT:
+                self._clients.popitem(last=False)
         return client
 
     async def _get_json(self, url: str, what: str) -> tuple[int, dict[str, Any]]:

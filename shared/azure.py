@@ -11,8 +11,10 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlparse
 
+import aiohttp
 import httpx
 from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.data.tables.aio import TableServiceClient
 from azure.identity.aio import ClientSecretCredential, ManagedIdentityCredential
 from azure.keyvault.secrets.aio import SecretClient
@@ -120,6 +122,20 @@ def graph_client(settings: Settings, credential: AsyncTokenCredential) -> GraphS
     adapter = GraphRequestAdapter(auth, client=http)
     adapter.base_url = settings.graph_endpoint + "/v1.0"
     return GraphServiceClient(request_adapter=adapter)
+
+
+def shared_session(settings: Settings) -> aiohttp.ClientSession:
+    """One connection pool for many SDK clients (close it after them), verifying against the CA bundle with one
+    SSL context. (azure-core builds a new SSLContext per request from a CA path in `connection_verify`, and aiohttp
+    pools connections per context: every request would open and handshake a new TLS connection.)"""
+    verify = _ssl_context(settings)
+    connector = aiohttp.TCPConnector(ssl=verify if isinstance(verify, ssl.SSLContext) else True)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+
+
+def pooled_transport(session: aiohttp.ClientSession) -> AioHttpTransport:
+    """An SDK transport on `session` (see `shared_session`), which it does not close."""
+    return AioHttpTransport(session=session, session_owner=False, connection_verify=True)
 
 
 def _storage_url(settings: Settings, service: str) -> str:

@@ -4,7 +4,9 @@ Resource Graph allows a handful of queries per principal per few seconds; every 
 (`x-ms-user-quota-remaining`) and when the window resets (`x-ms-user-quota-resets-after`, hh:mm:ss). When the
 quota hits 0 with pages left, we wait for the reset before asking for the next page; a 429 is waited out per its
 `Retry-After`. Both waits are bounded. A 400/403 means Resource Graph is not usable for this identity:
-`ResourceGraphRefused`, and discovery falls back to ARM lists.
+`ResourceGraphRefused`, and discovery falls back to ARM lists. An unscoped query that reaches the tenant's
+subscription limit (`x-ms-tenant-subscription-limit-hit: true`) raises `SubscriptionLimitHit`: its rows cover only
+some subscriptions, so discovery asks again naming them (up to 1,000 per request).
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import HttpResponseError
-from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions, ResultFormat
+from azure.core.rest import HttpRequest
 
 from shared.aks import ClusterInfo, cluster_info
-from shared.azure import resource_graph
+from shared.azure import pooled_transport, resource_graph, shared_session
 from shared.settings import Settings
 
 CLUSTERS_QUERY = """resources
@@ -32,6 +33,9 @@ SUBSCRIPTIONS_PER_QUERY = 1000  # Resource Graph's limit on the subscriptions of
 MAX_WAIT_SECONDS = 60.0
 MAX_THROTTLED = 5
 MAX_PAGES = 10000
+RESOURCES_PATH = "/providers/Microsoft.ResourceGraph/resources"
+LIMIT_HIT_HEADER = "x-ms-tenant-subscription-limit-hit"
+_ACCEPT = {"Accept": "application/json"}
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -43,6 +47,11 @@ class ResourceGraphRefused(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class SubscriptionLimitHit(Exception):
+    """An unscoped (tenant) query reached the tenant's subscription limit: the answer covers only the first
+    subscriptions (`x-ms-tenant-subscription-limit-hit: true`). Raised before any row of it is yielded."""
 
 
 class ResourceGraphError(Exception):
@@ -108,45 +117,73 @@ async def cluster_pages(
             for i in range(0, len(subscriptions), SUBSCRIPTIONS_PER_QUERY)
         ]
     )
-    async with resource_graph(settings, credential, **client_kwargs) as client:
+    async with (
+        shared_session(settings) as session,
+        resource_graph(settings, credential, transport=pooled_transport(session), **client_kwargs) as client,
+    ):
         for chunk in chunks:
             async for page in _query(client, chunk, sleep):
                 yield page
 
 
+def _request(client: Any, subscriptions: list[str] | None, skip_token: str | None) -> HttpRequest:
+    """The `resources` POST as the SDK's QueryRequest would serialize it, on the client's pinned api-version."""
+    options: dict[str, Any] = {"$top": PAGE_SIZE, "resultFormat": "objectArray"}
+    if skip_token:
+        options["$skipToken"] = skip_token
+    body: dict[str, Any] = {"query": CLUSTERS_QUERY, "options": options}
+    if subscriptions is not None:
+        body["subscriptions"] = subscriptions
+    return HttpRequest(
+        "POST", RESOURCES_PATH, params={"api-version": client._config.api_version}, json=body, headers=_ACCEPT
+    )
+
+
 async def _query(client: Any, subscriptions: list[str] | None, sleep: Sleep) -> AsyncIterator[list[ClusterInfo]]:
+    """Pages of one request scope. The answer is read as plain JSON through the client's pipeline (its auth and
+    retry policies): the SDK's model deserializer walks every value of every row, most of a scan's CPU."""
     skip_token: str | None = None
     throttled = 0
     for _ in range(MAX_PAGES):
-        request = QueryRequest(
-            subscriptions=subscriptions,
-            query=CLUSTERS_QUERY,
-            options=QueryRequestOptions(top=PAGE_SIZE, skip_token=skip_token, result_format=ResultFormat.OBJECT_ARRAY),
-        )
-        try:
-            response, headers = await client.resources(
-                request, cls=lambda pipeline, body, _: (body, pipeline.http_response.headers)
-            )
-        except HttpResponseError as exc:
-            status = exc.status_code
-            code = exc.error.code if exc.error is not None else None
+        response = await client._send_request(_request(client, subscriptions, skip_token))
+        status = response.status_code
+        if status != 200:
+            code = _error_code(response)
             if status in (400, 403):
-                raise ResourceGraphRefused(f"Resource Graph refused the query: {status} {code}", status, code) from None
-            if status == 429 and throttled < MAX_THROTTLED and exc.response is not None:
+                raise ResourceGraphRefused(f"Resource Graph refused the query: {status} {code}", status, code)
+            if status == 429 and throttled < MAX_THROTTLED:
                 throttled += 1
-                await sleep(min(MAX_WAIT_SECONDS, _retry_after(exc.response.headers)))  # type: ignore[attr-defined]
+                await sleep(min(MAX_WAIT_SECONDS, _retry_after(response.headers)))
                 continue
-            raise ResourceGraphError(f"Resource Graph query failed: {status} {code}") from None
+            raise ResourceGraphError(f"Resource Graph query failed: {status} {code}")
         throttled = 0
-        rows = response.data if isinstance(response.data, list) else []
-        skip_token = response.skip_token
+        headers = response.headers
+        if subscriptions is None and headers.get(LIMIT_HIT_HEADER, "").strip().lower() == "true":
+            raise SubscriptionLimitHit(
+                "Resource Graph answered for only part of the tenant's subscriptions "
+                f"({LIMIT_HIT_HEADER}: true); the query must name its subscriptions"
+            )
         remaining = headers.get("x-ms-user-quota-remaining")
         resets = headers.get("x-ms-user-quota-resets-after")
+        document = response.json()
         del response
-        yield [cluster_info(row) for row in rows]
+        rows = document.get("data") if isinstance(document, dict) else None
+        skip_token = document.get("$skipToken") if isinstance(document, dict) else None
+        del document
+        yield [cluster_info(row) for row in rows] if isinstance(rows, list) else []
+        del rows
         if not skip_token:
             return
         if remaining is not None and remaining.strip() == "0":
             wait = parse_resets_after(resets)
             await sleep(min(MAX_WAIT_SECONDS, math.ceil(wait * 1000) / 1000))
     raise ResourceGraphError("Resource Graph paging did not end")
+
+
+def _error_code(response: Any) -> str | None:
+    """ARM's error code from an error answer (`{"error": {"code": ...}}`), None when the body has none."""
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return None
+    return str(error.get("code")) if isinstance(error, dict) and error.get("code") else None

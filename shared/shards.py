@@ -334,34 +334,44 @@ async def scan(
                 subscriptions=listed,
             )
         run_id = await fan_out(settings, shard_groups, dry_run=dry_run, keep=keep, credential=cred)
-        return await _drain(settings, run_id, len(shard_groups), cred, sdk_kwargs, progress)
+        return await drain(
+            settings, run_id=run_id, total=len(shard_groups), credential=cred, sdk_kwargs=sdk_kwargs, progress=progress
+        )
     finally:
         if owned:
             await cred.close()
 
 
-async def _drain(
+async def drain(
     settings: Settings,
-    run_id: str,
-    shards: int,
-    credential: AsyncTokenCredential,
-    sdk_kwargs: dict[str, Any] | None,
-    progress: Progress | None,
+    *,
+    run_id: str | None = None,
+    total: int = 0,
+    credential: AsyncTokenCredential | None = None,
+    sdk_kwargs: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> ScanReport:
-    """Take shard messages off the queue like the host would, until the shard completing this run reports it."""
+    """Take shard messages off the queue and handle them as the host's `scan_shard` trigger would,
+    `LOCAL_PARALLEL` at a time, until the shard completing run `run_id` (any run when None) reports it."""
     handled = 0
-    async with _storage(settings, credential) as store:
-        while batch := [m async for m in store.queue.receive_messages(max_messages=LOCAL_PARALLEL)]:
-            bodies = [decode(str(m.content))[0] for m in batch]
-            results = await asyncio.gather(
-                *(handle_shard(settings, b, credential=credential, sdk_kwargs=sdk_kwargs) for b in bodies)
-            )
-            for received in batch:
-                await store.queue.delete_message(received)
-            handled += len(batch)
-            if progress is not None:
-                progress("shards", handled, shards)
-            final = next((r for r in results if r is not None and r.correlation_id == run_id), None)
-            if final is not None:
-                return final
-    raise DiscoveryError(f"sharded run {run_id}: the shard queue emptied before every shard reported")
+    owned = credential is None
+    cred = credential or product_credential(settings)
+    try:
+        async with _storage(settings, cred) as store:
+            while batch := [m async for m in store.queue.receive_messages(max_messages=LOCAL_PARALLEL)]:
+                bodies = [decode(str(m.content))[0] for m in batch]
+                results = await asyncio.gather(
+                    *(handle_shard(settings, b, credential=cred, sdk_kwargs=sdk_kwargs) for b in bodies)
+                )
+                for received in batch:
+                    await store.queue.delete_message(received)
+                handled += len(batch)
+                if progress is not None:
+                    progress("shards", handled, max(total, handled))
+                final = next((r for r in results if r is not None and run_id in (None, r.correlation_id)), None)
+                if final is not None:
+                    return final
+    finally:
+        if owned:
+            await cred.close()
+    raise DiscoveryError(f"sharded run {run_id or ''}: the shard queue emptied before every shard reported")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from emulator import seeds
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl, settings_env
 from shared import discovery
+from shared.aks import CLIENTS_KEPT, AksClient
 from shared.azure import product_credential
 from shared.discovery import DiscoveryError, Finding, ScanReport
 from shared.messages import parse_message
@@ -330,6 +332,25 @@ def test_resource_graph_refused_falls_back_to_arm(
     assert json.loads(json.dumps(report.to_json()))["used_fallback"] is True
 
 
+def test_tenant_subscription_limit_is_reported_and_queried_per_subscription_batch(
+    emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
+) -> None:
+    """ARM cannot list subscriptions at first, so the scan asks Resource Graph unscoped; the tenant limit cuts that
+    answer (x-ms-tenant-subscription-limit-hit), the scan says so and asks again naming every subscription."""
+    doc = seeds.generate(clusters=60, subscriptions=4)
+    doc["limits"] = {"resourcegraph_tenant_subscriptions": 2}
+    _reset(emulator, doc)
+    emulator.add_faults({"kind": "status", "surface": "arm", "operation": "listSubscriptions", "times": 1})
+    settings = _settings(emulator, azurite, storage_names)
+    emulator.clear_requests()
+    report = _scan(settings, dry_run=True, sdk_kwargs={**FAST, "retry_total": 0})
+    assert report.clusters == 60 and report.subscriptions == 4 and not report.used_fallback
+    assert [e for e in report.errors if "x-ms-tenant-subscription-limit-hit" in e]
+    counts = emulator.requests()
+    assert counts["resourcegraph.resources"] == 1 + 4  # the cut answer, then one query per shard (4 subscriptions)
+    assert counts["arm.listSubscriptions"] == 2
+
+
 def test_resource_graph_fault_falls_back(emulator: EmulatorControl, settings: Settings) -> None:
     emulator.add_faults({"kind": "status", "surface": "resourcegraph", "status": 403})
     report = _scan(settings, dry_run=True)
@@ -474,3 +495,30 @@ def test_key_vault_listing_pages(emulator: EmulatorControl, azurite: Azurite, st
     counts = emulator.requests()
     assert counts["keyvault.getSecrets"] >= 2  # 30 secrets at 25 per page (the challenge is already cached)
     assert counts.get("keyvault.getSecretVersions", 0) == 0  # every latest version is the current one
+
+
+def test_collector_threshold_is_raised_while_scans_run_and_restored_after_the_last() -> None:
+    before = gc.get_threshold()
+    with discovery._Collections.fewer():
+        with discovery._Collections.fewer():
+            assert gc.get_threshold()[0] == max(before[0], discovery.GC_THRESHOLD)
+        assert gc.get_threshold()[0] == max(before[0], discovery.GC_THRESHOLD)  # another scan still runs
+    assert gc.get_threshold() == before
+
+
+def test_arm_clients_per_subscription_are_bounded(settings: Settings) -> None:
+    """A scan touching thousands of subscriptions (CA reads) keeps only the most recently used SDK clients."""
+
+    async def main() -> None:
+        credential = product_credential(settings)
+        try:
+            async with AksClient(settings, credential) as aks:
+                kept = aks._client("sub-0")
+                for i in range(1, CLIENTS_KEPT + 10):
+                    aks._client(f"sub-{i}")
+                    assert aks._client("sub-0") is kept  # used again: kept
+                assert len(aks._clients) == CLIENTS_KEPT and "sub-1" not in aks._clients
+        finally:
+            await credential.close()
+
+    asyncio.run(main())

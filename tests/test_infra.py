@@ -132,6 +132,16 @@ def test_storage_names_match_the_code() -> None:
     assert names["stateTable"] == defaults["state_table"]
     assert names["auditTable"] == defaults["audit_table"]
     assert names["lockContainer"] == defaults["lock_container"]
+    # Sharded scans (shared/shards.py): the shard queue function_app.py binds, its poison queue, the results.
+    assert (
+        names["scanQueue"] == f"{defaults['rotation_queue']}-scan"
+        and "%ROTATION_QUEUE%-scan" in (ROOT / "function_app.py").read_text()
+    )
+    assert names["scanPoisonQueue"] == f"{names['scanQueue']}-poison"
+    assert names["scanContainer"] == f"{defaults['lock_container']}-scans"
+    storage = (ROOT / "infra" / "app" / "storage.bicep").read_text()
+    for key in ("scanQueue", "scanPoisonQueue", "scanContainer"):
+        assert f"names.{key}" in storage
     # The Key Vault events queue is bound by name in function_app.py (Event Grid writes to it).
     bound = re.findall(r'queue_name="([a-z0-9-]+)"', (ROOT / "function_app.py").read_text())
     assert bound == [names["eventsQueue"]]
@@ -471,7 +481,7 @@ def test_storage_roles_are_scoped_to_queues_and_tables() -> None:
         scope = resource("app/rbac.bicep", name)["scope"]["operator"]
         assert (scope["type"], scope["operands"]["operand_1"]) == ("index_accessor", target)
     app_roles = body(bicep("main.bicep")["modules"]["appRoles"])["params"]
-    assert len(app_roles["queueNames"]) == 4 and len(app_roles["tableNames"]) == 2
+    assert len(app_roles["queueNames"]) == 6 and len(app_roles["tableNames"]) == 2
 
 
 def test_deployer_has_no_standing_data_access_by_default() -> None:

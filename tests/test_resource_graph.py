@@ -13,7 +13,14 @@ from emulator import seeds
 from emulator.sandbox import EmulatorControl
 from shared.aks import ClusterInfo
 from shared.azure import product_credential
-from shared.resource_graph import CLUSTERS_QUERY, ResourceGraphRefused, parse_resets_after, query_clusters
+from shared.resource_graph import (
+    CLUSTERS_QUERY,
+    LIMIT_HIT_HEADER,
+    ResourceGraphRefused,
+    SubscriptionLimitHit,
+    parse_resets_after,
+    query_clusters,
+)
 from shared.settings import Settings
 
 URL = "/providers/Microsoft.ResourceGraph/resources"
@@ -180,3 +187,22 @@ def test_parse_resets_after() -> None:
     assert parse_resets_after("01:02:03") == 3723
     assert parse_resets_after("00:00:00.500") == 0.5
     assert parse_resets_after(None) == 0 and parse_resets_after("junk") == 0
+
+
+def test_tenant_subscription_limit_is_flagged_and_names_no_rows_past_it(
+    emulator: EmulatorControl, emu_settings: Settings
+) -> None:
+    doc = seeds.generate(clusters=40, subscriptions=4)
+    doc["limits"] = {"resourcegraph_tenant_subscriptions": 2}
+    _reset(emulator, doc)
+    subscriptions = sorted(s["id"].lower() for s in doc["subscriptions"])
+    body = {"query": CLUSTERS_QUERY, "options": {"$top": 1000}}
+    with _http(emulator, emu_settings) as http:
+        unscoped = http.post(URL, params=API, json=body)
+        scoped = http.post(URL, params=API, json={**body, "subscriptions": subscriptions})
+    assert unscoped.headers[LIMIT_HIT_HEADER] == "true"
+    assert {r["subscriptionId"].lower() for r in unscoped.json()["data"]} == set(subscriptions[:2])
+    assert LIMIT_HIT_HEADER not in scoped.headers and scoped.json()["count"] == 40
+    with pytest.raises(SubscriptionLimitHit):
+        _query(emu_settings)
+    assert len(_query(emu_settings, subscriptions)) == 40

@@ -4,7 +4,7 @@
 param location string
 param tags object
 param name string
-@description('queue, poisonQueue, eventsQueue, eventsPoisonQueue, stateTable, auditTable, lockContainer, deploymentContainer, eventsDeadLetterContainer')
+@description('queue, poisonQueue, scanQueue, scanPoisonQueue, eventsQueue, eventsPoisonQueue, stateTable, auditTable, lockContainer, scanContainer, deploymentContainer, eventsDeadLetterContainer')
 param names object
 param vnetEnabled bool
 param logAnalyticsWorkspaceId string
@@ -70,6 +70,7 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
 var containerNames = [
   names.deploymentContainer
   names.lockContainer
+  names.scanContainer // sharded scans: each shard's due findings and the run's report (shared/shards.py)
   names.eventsDeadLetterContainer
 ]
 
@@ -89,6 +90,8 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-0
 var queueNames = [
   names.queue
   names.poisonQueue
+  names.scanQueue // one message per subscription group of a sharded scan
+  names.scanPoisonQueue
   names.eventsQueue
   names.eventsPoisonQueue
 ]

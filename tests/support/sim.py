@@ -6,7 +6,8 @@ visibility timeouts run on the wall clock. Everything else is real: the row stor
 Entra, ARM/AKS, Graph and Key Vault (the emulator), through the real SDKs.
 
 What the host does, and the simulation with it:
-* the timer fires on `ROTATION_SCHEDULE` (NCRONTAB, UTC) and runs `discovery.run_scheduled`;
+* the timer fires on `ROTATION_SCHEDULE` (NCRONTAB, UTC) and runs `shards.run_scheduled`, as function_app.py does
+  (an estate over SCAN_SHARD_SUBSCRIPTIONS: its shard messages are then handled as `scan_shard` would);
 * a queue message becomes visible at its delay; a failed delivery comes back after host.json's
   `visibilityTimeout` and goes to the poison queue after `maxDequeueCount` (then `handle_poison` runs) — this is
   `rotation.drain`, the same loop `aks-rotator worker` runs;
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.sandbox import EmulatorControl
-from shared import clock, discovery, events, queues, rotation
+from shared import clock, events, queues, rotation, shards
 from shared.messages import RotationMessage
 from shared.queues import Peeked, Received, encode
 from shared.record import RotationRecord
@@ -397,7 +398,9 @@ class Simulation:
 
     async def _timer(self) -> None:
         try:
-            report = await discovery.run_scheduled(self.settings)
+            report = await shards.run_scheduled(self.settings)  # what function_app.scan_estate runs
+            if report is None:  # sharded: the host hands each shard message to function_app.scan_shard
+                report = await shards.drain(self.settings)
             outcome = f"ok: {report.by_action()}"
         except Exception as exc:  # the host records a failed invocation; the next schedule tries again
             outcome = f"failed: {type(exc).__name__}: {exc}"
