@@ -33,9 +33,7 @@ from shared.azure import ServiceError, container_service
 from shared.settings import Settings
 from shared.windows import MaintenanceWindow
 
-SUBSCRIPTIONS_API_VERSION = "2022-12-01"
 _NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-PERMISSIONS_API_VERSION = "2022-04-01"
 T = TypeVar("T")
 _CLUSTER_ID = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ContainerService/"
@@ -289,7 +287,7 @@ class AksClient:
         return response.status_code, body
 
     async def list_subscriptions(self) -> list[str]:
-        url = f"{self._settings.arm_endpoint}/subscriptions?api-version={SUBSCRIPTIONS_API_VERSION}"
+        url = f"{self._settings.arm_endpoint}/subscriptions?api-version={self._settings.subscriptions_api_version}"
         result: list[str] = []
         pages = 0
         while url and pages < 1000:
@@ -305,7 +303,7 @@ class AksClient:
         """The caller's own `Microsoft.Authorization/permissions` blocks at `scope` (needs no extra right)."""
         url = (
             f"{self._settings.arm_endpoint}{quote(scope)}/providers/Microsoft.Authorization/permissions"
-            f"?api-version={PERMISSIONS_API_VERSION}"
+            f"?api-version={self._settings.authorization_api_version}"
         )
         blocks: list[dict[str, Any]] = []
         pages = 0

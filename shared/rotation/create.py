@@ -16,7 +16,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError
 from pydantic import SecretStr
 
 from shared.aks import AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound, effective_actions
-from shared.azure import ARM_AUDIENCE, secret_credential
+from shared.azure import arm_scope, secret_credential
 from shared.cluster_tags import opted_out
 from shared.credentials import password_display_name, passwords, product_created
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, NewPassword, PasswordPolicyError
@@ -275,7 +275,7 @@ async def _token_ok(settings: Settings, app_id: str, secret: str, kwargs: dict[s
     credential = secret_credential(settings, app_id, secret, **kwargs)
     try:
         async with credential:
-            await credential.get_token(ARM_AUDIENCE + "/.default")
+            await credential.get_token(arm_scope(settings))
     except ClientAuthenticationError as exc:
         code = re.search(r"AADSTS\d+", str(exc))
         return False, code.group(0) if code else "refused"
