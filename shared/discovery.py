@@ -43,6 +43,7 @@ from shared.messages import (
     new_correlation_id,
     new_rotation_message,
 )
+from shared.power import stopped_advice, stopped_clusters
 from shared.resource_graph import PAGE_SIZE, ResourceGraphError, ResourceGraphRefused, cluster_pages
 from shared.settings import Settings
 from shared.vault import SECRET_PREFIX, VaultError, VaultForbidden, VaultStore, VersionTags, secret_name_for
@@ -107,9 +108,11 @@ class Finding:
     basis: str | None = None  # how the credential in use was decided: "keyvault" | "earliest" | "ca"
     rotation_id: str | None = None  # set when queued, already queued, deferred or would queue
     detail: str | None = None
+    stopped: bool = False  # properties.powerState.code is Stopped: a reset fails until it is started (shared.power)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["stopped_advice"] = stopped_advice(self)
         data["expires_on"] = self.expires_on.isoformat() if self.expires_on else None
         data["days_left"] = round(self.days_left, 3) if self.days_left is not None else None
         return data
@@ -149,6 +152,7 @@ class ScanReport:
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "seconds": round(self.seconds, 3),
             "due": len(self.due()),
+            "stopped": stopped_clusters(self.findings),
             "actions": self.by_action(),
             "requests": dict(self.requests),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
@@ -457,7 +461,8 @@ async def _certificates(run: _Scan, aks: AksClient, clusters: list[ClusterInfo])
 
 # -- decide ----------------------------------------------------------------------------------------------------
 def _base(cluster: ClusterInfo) -> dict[str, Any]:
-    return {"cluster_id": cluster.id, "cluster_name": cluster.name, "subscription_id": cluster.subscription_id}
+    base = {"cluster_id": cluster.id, "cluster_name": cluster.name, "subscription_id": cluster.subscription_id}
+    return {**base, "stopped": cluster.stopped}
 
 
 def _sp_advice(cluster: ClusterInfo) -> str:
