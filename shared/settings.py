@@ -91,6 +91,9 @@ class Settings(BaseModel):
     requeue_delay_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=60, alias="REQUEUE_DELAY_SECONDS")
     lro_poll_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=120, alias="LRO_POLL_SECONDS")
     retire_grace_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=86400, alias="RETIRE_GRACE_SECONDS")
+    # Microsoft Graph may not show a password it just created: "a successful write ... does not guarantee that an
+    # immediate read will reflect that change" (Microsoft Entra, "Designing for eventual consistency"); no SLA.
+    graph_settle_seconds: Annotated[int, Field(ge=0, le=86400)] = Field(default=600, alias="GRAPH_SETTLE_SECONDS")
     maintenance_window: str | None = Field(default=None, alias="MAINTENANCE_WINDOW")
     lease_seconds: Annotated[int, Field(ge=15, le=60)] = Field(default=60, alias="LEASE_SECONDS")
     vault_allowlist: tuple[str, ...] = Field(default=(), alias="VAULT_ALLOWLIST")

@@ -56,18 +56,28 @@ def test_a_message_whose_visibility_ran_out_mid_step(
     stepped, redelivered = asyncio.Event(), asyncio.Event()
     first_done, second_done = asyncio.Event(), asyncio.Event()
 
+    calls: list[int] = []
+
+    async def until(event: asyncio.Event) -> None:
+        await asyncio.wait_for(event.wait(), timeout=120)  # a broken scenario fails, never hangs
+
     async def handle(settings: Settings, body: str, *, dequeue_count: int = 1, deps: Any = None) -> Any:
-        if dequeue_count == 1:  # the first worker: the step runs, then outlasts the 1-second visibility
-            outcome = await real(settings, body, dequeue_count=dequeue_count, deps=deps)
-            stepped.set()
-            await redelivered.wait()
+        calls.append(dequeue_count)
+        if len(calls) == 1:  # the first worker: the step runs, then outlasts the 1-second visibility
+            try:
+                outcome = await real(settings, body, dequeue_count=dequeue_count, deps=deps)
+            finally:
+                stepped.set()
+            await until(redelivered)
             if second_worker == "deleted_it":
-                await second_done.wait()
+                await until(second_done)
             return outcome
+        if dequeue_count < 2:  # not the redelivered copy (e.g. the rotation's own next message): as usual
+            return await real(settings, body, dequeue_count=dequeue_count, deps=deps)
         redelivered.set()  # the second worker took the same message (dequeue count 2) ...
-        await stepped.wait()  # ... and handles it once the first one's step is saved
+        await until(stepped)  # ... and handles it once the first one's step is saved
         if second_worker == "still_holds_it":
-            await first_done.wait()
+            await until(first_done)
         return await real(settings, body, dequeue_count=dequeue_count, deps=deps)
 
     monkeypatch.setattr(worker, "handle_message", handle)
@@ -93,8 +103,8 @@ def test_a_message_whose_visibility_ran_out_mid_step(
             return a, b
 
     first_report, second_report = asyncio.run(scenario())
-    assert first_report.handled == 1 and first_report.receipts_lost == 1 and first_report.errors == 0
-    assert second_report.actions == {"stale": 1}  # the redelivered copy changed nothing
+    assert (first_report.handled, first_report.receipts_lost, first_report.errors) == (1, 1, 0), calls
+    assert second_report.actions == {"stale": 1}, calls  # the redelivered copy changed nothing
     lost = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "rotation.visibility_lost"]
     code = "PopReceiptMismatch" if second_worker == "still_holds_it" else "MessageNotFound"
     assert len(lost) == 1 and f"({code})" in lost[0], lost
