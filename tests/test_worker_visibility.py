@@ -53,7 +53,7 @@ def test_a_message_whose_visibility_ran_out_mid_step(
     message = due_message(emulator.state(), "aks-payments")
     asyncio.run(submit_all(slow, [message]))
     real: Handler = worker.handle_message
-    stepped, redelivered = asyncio.Event(), asyncio.Event()
+    taken, stepped, redelivered = asyncio.Event(), asyncio.Event(), asyncio.Event()
     first_done, second_done = asyncio.Event(), asyncio.Event()
 
     calls: list[int] = []
@@ -64,6 +64,7 @@ def test_a_message_whose_visibility_ran_out_mid_step(
     async def handle(settings: Settings, body: str, *, dequeue_count: int = 1, deps: Any = None) -> Any:
         calls.append(dequeue_count)
         if len(calls) == 1:  # the first worker: the step runs, then outlasts the 1-second visibility
+            taken.set()
             try:
                 outcome = await real(settings, body, dequeue_count=dequeue_count, deps=deps)
             finally:
@@ -93,6 +94,7 @@ def test_a_message_whose_visibility_ran_out_mid_step(
 
             async def second() -> rotation.DrainReport:
                 try:
+                    await until(taken)  # the first worker has the message
                     return await rotation.drain(
                         slow, deps=second_deps, max_messages=1, idle_exit=False, idle_wait_seconds=0.1
                     )
