@@ -6,6 +6,8 @@ supported versions (see docs/emulator.md, "Field modes"); other providers answer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from emulator.wire import error
@@ -27,6 +29,10 @@ AKS: frozenset[str] = frozenset(
 RESOURCES: frozenset[str] = frozenset(
     {"2016-06-01", "2018-06-01", "2019-06-01", "2019-11-01", "2020-01-01", "2021-01-01", "2022-09-01", "2022-12-01"}
 )
+# Microsoft.ResourceGraph: the versions of Learn's change log ("Microsoft.ResourceGraph" template change log).
+RESOURCE_GRAPH: frozenset[str] = frozenset(
+    {"2018-09-01-preview", "2019-04-01", "2021-03-01", "2022-10-01", "2024-04-01"}
+)
 AUTHORIZATION: frozenset[str] = frozenset({"2015-07-01", "2018-01-01-preview", "2018-07-01", "2022-04-01"})
 MANAGED_IDENTITY: frozenset[str] = frozenset({"2018-11-30", "2023-01-31", "2024-11-30"})
 METADATA: frozenset[str] = frozenset({"2015-01-01", "2018-01-01", "2019-05-01", "2020-06-01", "2022-09-01"})
@@ -47,9 +53,19 @@ def refusal(path: str, version: str) -> web.Response | None:
     known = AUTHORIZATION if "/providers/microsoft.authorization/" in lowered else RESOURCES
     if "/providers/microsoft.managedidentity/" in lowered:
         known = MANAGED_IDENTITY
+    if "/providers/microsoft.resourcegraph/" in lowered:
+        known = RESOURCE_GRAPH
     if lowered.startswith("/metadata/"):
         known = METADATA
     if version in known:
         return None
     message = f"The api-version '{version}' is invalid. The supported versions are '{','.join(sorted(known))}'."
     return error("arm", 400, "InvalidApiVersionParameter", message)
+
+
+def query_refusal(path: str, query: Mapping[str, str]) -> web.Response | None:
+    """As `refusal`, for a request's query string (a missing api-version is refused too)."""
+    if "api-version" not in query:
+        message = "The api-version query parameter (?api-version=) is required for all requests."
+        return error("arm", 400, "MissingApiVersionParameter", message)
+    return refusal(path, query["api-version"])

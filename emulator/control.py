@@ -70,7 +70,17 @@ async def counts(request: web.Request) -> web.Response:
 
 async def counts_clear(request: web.Request) -> web.Response:
     emulator_of(request).counts.clear()
+    emulator_of(request).api_versions.clear()
     return web.Response(status=204)
+
+
+async def api_versions(request: web.Request) -> web.Response:
+    """`{"arm.get": {"2026-08-01": 3}, ...}`: the api-version each request carried, per route (cleared with the
+    request counts)."""
+    answer: dict[str, dict[str, int]] = {}
+    for (route, version), n in sorted(emulator_of(request).api_versions.items()):
+        answer.setdefault(route, {})[version] = n
+    return web.json_response(answer)
 
 
 async def canaries(request: web.Request) -> web.Response:
@@ -88,4 +98,5 @@ def setup(app: web.Application) -> None:
     r.add_delete("/_emulator/faults", faults_clear, name="control.faults_clear")
     r.add_get("/_emulator/requests", counts, name="control.requests")
     r.add_delete("/_emulator/requests", counts_clear, name="control.requests_clear")
+    r.add_get("/_emulator/api-versions", api_versions, name="control.api_versions")
     r.add_get("/_emulator/canaries", canaries, name="control.canaries")

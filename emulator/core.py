@@ -28,6 +28,7 @@ class Emulator:
         self.faults = Faults(self.estate.rng)
         self.tokens = TokenIssuer(self.estate.tenant_id, self.endpoint)
         self.counts: Counter[str] = Counter()
+        self.api_versions: Counter[tuple[str, str]] = Counter()  # (surface.operation, api-version) -> requests
         self._fresh_limits()
 
     def _fresh_limits(self) -> None:
@@ -47,6 +48,7 @@ class Emulator:
         if self.tokens.tenant_id != self.estate.tenant_id:
             self.tokens = TokenIssuer(self.estate.tenant_id, self.endpoint)
         self.counts.clear()
+        self.api_versions.clear()
         self._fresh_limits()
 
     def set_endpoint(self, endpoint: str) -> None:

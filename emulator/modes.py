@@ -23,6 +23,7 @@ class Modes:
     operation_url_form: str = "default"  # the path form of operation-status URLs (see URL_FORMS)
     strict_api_versions: bool = False  # api-versions the provider does not register are refused
     graph_read_lag_seconds: float = 0.0  # Graph reads show passwords as they were before a write, this long
+    graph_remove_lag: bool = False  # ... and removePassword does not find a password those reads do not show yet
 
     def update(self, spec: dict[str, Any]) -> None:
         """Apply `spec` (a subset of the fields), refusing unknown names and wrong types before changing anything."""

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from emulator import role_assignments
+from emulator.api_versions import query_refusal as api_version_refusal
 from emulator.arm_shapes import cluster_json
 from emulator.core import Emulator, emulator_of
 from emulator.faults import refusals
@@ -180,6 +181,8 @@ def _offset(token: str, fingerprint: str) -> int:
 async def resources(request: web.Request) -> web.Response:
     emu = emulator_of(request)
     claims = emu.authenticate(request, "resourcegraph")
+    if emu.estate.modes.strict_api_versions and (refused := api_version_refusal(request.path, request.query)):
+        return refused
     text = await request.text()
     allowed, remaining, resets = emu.rg_quota.take(claims.app_id)
     refusals(emu).record(emu.counts, "resourcegraph", (claims.app_id, text), not allowed)

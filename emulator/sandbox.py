@@ -102,6 +102,11 @@ class EmulatorControl:
         result: dict[str, int] = self._call("GET", "requests")
         return result
 
+    def api_versions(self) -> dict[str, dict[str, int]]:
+        """The api-version each request carried, per route (`GET /_emulator/api-versions`)."""
+        result: dict[str, dict[str, int]] = self._call("GET", "api-versions")
+        return result
+
     def clear_requests(self) -> None:
         self._call("DELETE", "requests")
 

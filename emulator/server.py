@@ -49,6 +49,8 @@ async def _pipeline(request: web.Request, handler: Handler) -> web.StreamRespons
             return reply.response
     key = f"{surface}.{operation}"
     emu.counts[key] += 1
+    if "api-version" in request.query:
+        emu.api_versions[(key, request.query["api-version"])] += 1
     if request.method in MUTATING and key not in READ_ONLY_POSTS:
         emu.counts["mutations"] += 1
         emu.counts[f"mutations.{surface}"] += 1

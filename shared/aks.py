@@ -33,10 +33,8 @@ from shared.azure import ServiceError, container_service, pooled_transport, shar
 from shared.settings import Settings
 from shared.windows import MaintenanceWindow
 
-SUBSCRIPTIONS_API_VERSION = "2022-12-01"
 _NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 CLIENTS_KEPT = 64  # per-subscription SDK clients kept by one AksClient
-PERMISSIONS_API_VERSION = "2022-04-01"
 T = TypeVar("T")
 _CLUSTER_ID = re.compile(
     r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.ContainerService/"
@@ -295,7 +293,7 @@ class AksClient:
         return response.status_code, body
 
     async def list_subscriptions(self) -> list[str]:
-        url = f"{self._settings.arm_endpoint}/subscriptions?api-version={SUBSCRIPTIONS_API_VERSION}"
+        url = f"{self._settings.arm_endpoint}/subscriptions?api-version={self._settings.subscriptions_api_version}"
         result: list[str] = []
         pages = 0
         while url and pages < 1000:
@@ -311,7 +309,7 @@ class AksClient:
         """The caller's own `Microsoft.Authorization/permissions` blocks at `scope` (needs no extra right)."""
         url = (
             f"{self._settings.arm_endpoint}{quote(scope)}/providers/Microsoft.Authorization/permissions"
-            f"?api-version={PERMISSIONS_API_VERSION}"
+            f"?api-version={self._settings.authorization_api_version}"
         )
         blocks: list[dict[str, Any]] = []
         pages = 0

@@ -32,9 +32,29 @@ from msgraph_core import GraphClientFactory
 from shared.settings import Settings
 
 PUBLIC_AUTHORITY = "https://login.microsoftonline.com"
-# Token audiences are fixed by Entra, whatever endpoint the requests are sent to.
+# The public cloud's token audiences (settings ARM_AUDIENCE / GRAPH_AUDIENCE: a sovereign cloud has its own); an
+# audience is the cloud's, whatever endpoint the requests are sent to (the emulator accepts these).
 ARM_AUDIENCE = "https://management.azure.com"
 GRAPH_AUDIENCE = "https://graph.microsoft.com"
+VAULT_AUDIENCE = "https://vault.azure.net"
+
+
+def arm_scope(settings: Settings) -> str:
+    """The token scope of every ARM and Resource Graph call."""
+    return _scope(settings.arm_audience)
+
+
+def graph_scope(settings: Settings) -> str:
+    """The token scope of every Microsoft Graph call."""
+    return _scope(settings.graph_audience)
+
+
+def vault_audience(settings: Settings) -> str:
+    """Key Vault's audience is its DNS suffix (`https://vault.azure.net`, `https://vault.usgovcloudapi.net`, ...),
+    read from KEY_VAULT_URL; a vault URL without one (the emulator's) gets the public cloud's."""
+    host = urlparse(settings.key_vault_url).hostname or ""
+    _, dot, suffix = host.partition(".")
+    return f"https://{suffix}" if dot and suffix.startswith("vault.") else VAULT_AUDIENCE
 
 
 def _verify(settings: Settings) -> str | bool:
@@ -82,23 +102,25 @@ def secret_credential(settings: Settings, app_id: str, secret: str, **kwargs: An
 def container_service(
     settings: Settings, credential: AsyncTokenCredential, subscription_id: str, **kwargs: Any
 ) -> ContainerServiceClient:
+    """AKS management, on the pinned `AKS_API_VERSION` (the SDK's default moves with every release)."""
     return ContainerServiceClient(
         credential,
         subscription_id,
         base_url=settings.arm_endpoint,
-        credential_scopes=[_scope(ARM_AUDIENCE)],
+        credential_scopes=[arm_scope(settings)],
         **_transport_kwargs(settings),
-        **kwargs,
+        **{"api_version": settings.aks_api_version, **kwargs},
     )
 
 
 def resource_graph(settings: Settings, credential: AsyncTokenCredential, **kwargs: Any) -> ResourceGraphClient:
+    """Resource Graph, on the pinned `RESOURCE_GRAPH_API_VERSION`."""
     return ResourceGraphClient(
         credential,
         base_url=settings.arm_endpoint,
-        credential_scopes=[_scope(ARM_AUDIENCE)],
+        credential_scopes=[arm_scope(settings)],
         **_transport_kwargs(settings),
-        **kwargs,
+        **{"api_version": settings.resource_graph_api_version, **kwargs},
     )
 
 
@@ -115,7 +137,7 @@ def secret_client(settings: Settings, credential: AsyncTokenCredential, **kwargs
 def graph_client(settings: Settings, credential: AsyncTokenCredential) -> GraphServiceClient:
     """msgraph-sdk on the configured Graph endpoint (see docs: base_url must be set explicitly)."""
     host = urlparse(settings.graph_endpoint).hostname or "graph.microsoft.com"
-    auth = AzureIdentityAuthenticationProvider(credential, scopes=[_scope(GRAPH_AUDIENCE)], allowed_hosts=[host])
+    auth = AzureIdentityAuthenticationProvider(credential, scopes=[graph_scope(settings)], allowed_hosts=[host])
     http = GraphClientFactory.create_with_default_middleware(
         client=httpx.AsyncClient(verify=_ssl_context(settings), timeout=httpx.Timeout(30.0))
     )

@@ -71,6 +71,11 @@ def scan_panel(summary: estate.Summary, rows: Sequence[estate.RotationRow] | Non
     if summary.used_fallback:
         source = "per-subscription ARM lists (Resource Graph was refused: fallback)"
     grid.add_row("clusters", f"{summary.clusters:,} in {summary.subscriptions:,} subscriptions, via {source}")
+    if summary.stopped:
+        advice = " (start them before their credentials expire, or rotation will fail)"
+        grid.add_row("stopped", Text(f"{summary.stopped:,} clusters{advice}", style="bold red"))
+    else:
+        grid.add_row("stopped", Text("none", style="dim"))
     grid.add_row(
         "credentials",
         _counts([("checked", summary.credentials), ("due", summary.due), ("overdue", summary.overdue)]),

@@ -45,6 +45,7 @@ from shared.messages import (
     new_rotation_message,
 )
 from shared.migration.plan import count_stages
+from shared.power import stopped_advice, stopped_clusters
 from shared.resource_graph import (
     PAGE_SIZE,
     ResourceGraphError,
@@ -115,9 +116,11 @@ class Finding:
     basis: str | None = None  # how the credential in use was decided: "keyvault" | "earliest" | "ca"
     rotation_id: str | None = None  # set when queued, already queued, deferred or would queue
     detail: str | None = None
+    stopped: bool = False  # properties.powerState.code is Stopped: a reset fails until it is started (shared.power)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        data["stopped_advice"] = stopped_advice(self)
         data["expires_on"] = self.expires_on.isoformat() if self.expires_on else None
         data["days_left"] = round(self.days_left, 3) if self.days_left is not None else None
         return data
@@ -158,6 +161,7 @@ class ScanReport:
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "seconds": round(self.seconds, 3),
             "due": len(self.due()),
+            "stopped": stopped_clusters(self.findings),
             "actions": self.by_action(),
             "migration": dict(self.migration),
             "requests": dict(self.requests),
@@ -467,7 +471,8 @@ async def _certificates(run: _Scan, aks: AksClient, clusters: list[ClusterInfo])
 
 # -- decide ----------------------------------------------------------------------------------------------------
 def _base(cluster: ClusterInfo) -> dict[str, Any]:
-    return {"cluster_id": cluster.id, "cluster_name": cluster.name, "subscription_id": cluster.subscription_id}
+    base = {"cluster_id": cluster.id, "cluster_name": cluster.name, "subscription_id": cluster.subscription_id}
+    return {**base, "stopped": cluster.stopped}
 
 
 def _sp_advice(cluster: ClusterInfo) -> str:

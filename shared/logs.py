@@ -40,6 +40,7 @@ __all__ = [
     "EVENT_ROTATION_BLOCKED",
     "EVENT_ROTATION_FAILED",
     "EVENT_ROTATION_POISON",
+    "EVENT_ROTATION_STALLED",
     "EVENT_ROTATION_URGENT",
     "MASK",
     "AlertEvent",
@@ -61,6 +62,8 @@ MIN_SECRET_LENGTH: Final = 8  # shorter values would mangle ordinary log text; r
 
 EVENT_ROTATION_FAILED: Final = "rotation.failed"
 EVENT_ROTATION_POISON: Final = "rotation.poison"
+# finish/retire keeps meeting transient trouble (or was poisoned and resumed): alive, not moving, nothing undone
+EVENT_ROTATION_STALLED: Final = "rotation.stalled"
 EVENT_CREDENTIAL_OVERDUE: Final = "credential.overdue"
 EVENT_KEYVAULT_SECRET_EXPIRED: Final = "keyvault.secret_expired"  # noqa: S105 (an event name)
 EVENT_ROTATION_BLOCKED: Final = "rotation.blocked"  # waiting on something only a person can fix, or kept both
@@ -68,12 +71,18 @@ EVENT_INPUT_REJECTED: Final = "input.rejected"  # log_event at WARNING, not an a
 EVENT_ROTATION_URGENT: Final = "rotation.urgent"  # applied outside the maintenance window (rotation.py)
 
 AlertEvent = Literal[
-    "rotation.failed", "rotation.poison", "rotation.blocked", "credential.overdue", "keyvault.secret_expired"
+    "rotation.failed",
+    "rotation.poison",
+    "rotation.stalled",
+    "rotation.blocked",
+    "credential.overdue",
+    "keyvault.secret_expired",
 ]
 ALERT_EVENTS: Final = frozenset(
     {
         EVENT_ROTATION_FAILED,
         EVENT_ROTATION_POISON,
+        EVENT_ROTATION_STALLED,
         EVENT_ROTATION_BLOCKED,
         EVENT_CREDENTIAL_OVERDUE,
         EVENT_KEYVAULT_SECRET_EXPIRED,

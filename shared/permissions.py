@@ -48,11 +48,10 @@ from shared.aks import (
     parse_cluster_id,
 )
 from shared.azure import (
-    ARM_AUDIENCE,
-    GRAPH_AUDIENCE,
     product_credential,
     secret_client,
     secret_credential,
+    vault_audience,
 )
 from shared.cluster_tags import certificates_opted_in
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps, Holder
@@ -82,7 +81,6 @@ __all__ = [
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
 
-VAULT_AUDIENCE = "https://vault.azure.net"
 PROBE_SECRET = "aks-rotator-preflight"  # noqa: S105 - the probe secret's name
 PROBE_TAG = ("purpose", "aks-rotator-preflight")
 OWNED_BY = "Application.ReadWrite.OwnedBy"
@@ -449,13 +447,14 @@ async def _preflight(
     identity = f"identity {client_id}"
     advice = "check AZURE_CLIENT_ID (and AZURE_CLIENT_SECRET locally) names the product's identity"
 
-    arm_token, arm_error = await _token(credential, ARM_AUDIENCE)
-    graph_token, graph_error = await _token(credential, GRAPH_AUDIENCE)
-    vault_token, vault_error = await _token(credential, VAULT_AUDIENCE)
+    audiences = (settings.arm_audience, settings.graph_audience, vault_audience(settings))
+    arm_token, arm_error = await _token(credential, audiences[0])
+    graph_token, graph_error = await _token(credential, audiences[1])
+    vault_token, vault_error = await _token(credential, audiences[2])
     for audience, check, token_, error in (
-        (ARM_AUDIENCE, CHECK_ARM_TOKEN, arm_token, arm_error),
-        (GRAPH_AUDIENCE, CHECK_GRAPH_TOKEN, graph_token, graph_error),
-        (VAULT_AUDIENCE, CHECK_VAULT_TOKEN, vault_token, vault_error),
+        (audiences[0], CHECK_ARM_TOKEN, arm_token, arm_error),
+        (audiences[1], CHECK_GRAPH_TOKEN, graph_token, graph_error),
+        (audiences[2], CHECK_VAULT_TOKEN, vault_token, vault_error),
     ):
         if token_ is None:
             findings.append(Check(identity, check, False, f"a token for {audience} ({error})", advice))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -147,6 +148,12 @@ class RotationQueues(StorageResource):
         await self._queue.update_message(
             received.id, received.pop_receipt, visibility_timeout=max(0, min(delay_seconds, MAX_DELAY_SECONDS))
         )
+
+    async def hold(self, received: Received, seconds: int = 30) -> Received:
+        """Keep a received message invisible `seconds` longer; the answer carries the new pop receipt. Raises the
+        service's error when `received`'s receipt is stale (the message was received again, or deleted)."""
+        updated = await self._queue.update_message(received.id, received.pop_receipt, visibility_timeout=seconds)
+        return dataclasses.replace(received, pop_receipt=str(updated.pop_receipt))
 
     async def poison(self, body: str) -> str:
         """Put `body` on the poison queue (same encoding as the host uses). Returns the message id."""

@@ -24,7 +24,15 @@ Holder = Literal["application", "servicePrincipal"]
 
 # Characters Table storage forbids in PartitionKey/RowKey.
 _BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
-_DATETIME_FIELDS = ("not_before", "observed_expiry", "created_at", "updated_at", "proof_started", "waiting_since")
+_DATETIME_FIELDS = (
+    "not_before",
+    "observed_expiry",
+    "created_at",
+    "updated_at",
+    "proof_started",
+    "waiting_since",
+    "added_at",
+)
 
 
 class RotationState(enum.StrEnum):
@@ -91,6 +99,7 @@ class RotationRecord(BaseModel):
     trouble_count: int = Field(default=0, ge=0)  # transient errors waited out in a row (finish/retire backoff)
     failed_phase: Phase | None = None  # the phase that failed (kept while cleaning up)
     new_key_id: str | None = None
+    added_at: AwareDatetime | None = None  # when addPassword was last sent (Graph may not show its password at once)
     old_key_ids: list[str] = Field(default_factory=list)
     vault_version: str | None = None
     operation_url: str | None = None

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Final, Literal, Protocol
 
 from shared.discovery import ADVICE_MIGRATE, Finding, ScanReport
+from shared.power import stopped_advice, stopped_clusters
 
 Fate = Literal["will_rotate", "needs_human", "opted_out"]
 FATES: Final[tuple[Fate, ...]] = ("will_rotate", "needs_human", "opted_out")
@@ -65,8 +66,8 @@ def fate(finding: Finding) -> Fate | None:
         return None
     if finding.action == "opted_out":
         return "opted_out"
-    if finding.action == "report_only":
-        return "needs_human"
+    if finding.action == "report_only" or finding.stopped:
+        return "needs_human"  # a stopped cluster cannot take a new secret until someone starts it
     # Discovery gives a certificate advice exactly when the cluster is not opted in to certificate rotation.
     if finding.kind == "cluster_certificate" and finding.advice:
         return "needs_human"
@@ -78,8 +79,9 @@ def overdue(finding: Finding) -> bool:
 
 
 def needs_attention(finding: Finding) -> bool:
-    """Due (queued, deferred, failed, opted out within its window), report-only, or already expired."""
-    return finding.due or finding.action == "report_only" or overdue(finding)
+    """Due (queued, deferred, failed, opted out within its window), report-only, already expired, or on a stopped
+    cluster (it must be started before the credential comes due)."""
+    return finding.due or finding.action == "report_only" or overdue(finding) or stopped_advice(finding) is not None
 
 
 def attention(findings: Iterable[Finding]) -> list[Finding]:
@@ -112,6 +114,7 @@ class Summary:
     due: int
     actions: dict[str, int]
     overdue: int
+    stopped: int  # stopped clusters with a credential: rotation fails until they are started
     failed: int  # open failed rotations (from the store), when rows were read
     attention: int
     nearest: Finding | None
@@ -132,6 +135,7 @@ def summarize(report: ScanReport, rows: Sequence[RotationRow] = ()) -> Summary:
         due=len(report.due()),
         actions=report.by_action(),
         overdue=sum(1 for f in report.findings if overdue(f)),
+        stopped=stopped_clusters(report.findings),
         failed=len(open_failures(rows)),
         attention=len(attention(report.findings)),
         nearest=min(expiring, key=lambda f: f.days_left or 0.0) if expiring else None,
@@ -153,7 +157,7 @@ class Note:
 
 
 def _note_text(finding: Finding) -> list[str]:
-    return [text for text in (finding.advice, finding.detail) if text]
+    return [text for text in (stopped_advice(finding), finding.advice, finding.detail) if text]
 
 
 def group_notes(findings: Sequence[Finding], minimum: int = GROUP_MIN) -> list[Note]:
@@ -222,3 +226,9 @@ def migration_candidates(findings: Iterable[Finding]) -> list[Finding]:
     """Service-principal clusters with nothing holding them back from managed identity, soonest expiry first."""
     candidates = [f for f in findings if f.kind == "sp_secret" and f.advice == ADVICE_MIGRATE]
     return sorted(candidates, key=lambda f: (f.days_left if f.days_left is not None else math.inf, f.cluster_name))
+
+
+def stopped(findings: Iterable[Finding]) -> list[Finding]:
+    """Credentials of stopped clusters, soonest expiry first."""
+    chosen = [f for f in findings if stopped_advice(f) is not None]
+    return sorted(chosen, key=lambda f: (f.days_left if f.days_left is not None else math.inf, f.cluster_name))

@@ -15,6 +15,7 @@ from typing import Final
 from shared import report as estate
 from shared.discovery import Finding, ScanReport
 from shared.logs import redact
+from shared.power import stopped_advice
 
 MAX_LISTED: Final = 500  # migration candidates listed in the page; the count is always complete
 _COLORS: Final = {
@@ -68,6 +69,7 @@ def _cards(summary: estate.Summary) -> str:
         _card("credentials", "credentials", summary.credentials),
         _card("due", "due", summary.due),
         _card("overdue", "overdue", summary.overdue, bad=summary.overdue > 0),
+        _card("stopped", "stopped clusters", summary.stopped, bad=summary.stopped > 0),
         _card("would_queue", "would queue", summary.count("would_queue")),
         _card("already_queued", "already queued", summary.count("already_queued")),
         _card("deferred", "deferred", summary.count("deferred")),
@@ -168,6 +170,25 @@ def _migration(findings: Sequence[Finding]) -> str:
     )
 
 
+def _stopped(findings: Sequence[Finding]) -> str:
+    chosen = estate.stopped(findings)
+    if not chosen:
+        return '<p class="muted" id="stopped-count" data-count="0">No stopped cluster.</p>'
+    rows = "".join(
+        f"<tr><td>{_e(f.cluster_name)}</td><td>{_e(f.kind)}</td><td>{_e(f.action)}</td>"
+        f"<td>{_e(stopped_advice(f) or '')}</td></tr>"
+        for f in chosen[:MAX_LISTED]
+    )
+    more = len(chosen) - MAX_LISTED
+    tail = f'<p class="muted">... and {more:,} more: <code>aks-rotator scan --all --json</code></p>' if more > 0 else ""
+    return (
+        f'<p id="stopped-count" data-count="{len(chosen)}"><b>{len(chosen):,}</b> credentials belong to stopped '
+        "clusters: AKS refuses a reset while a cluster is stopped (<code>az aks start</code>).</p>"
+        f'<table id="stopped"><tr><th>cluster</th><th>credential</th><th>action</th><th>what to do</th></tr>{rows}'
+        f"</table>{tail}"
+    )
+
+
 def render(
     report: ScanReport, rows: Sequence[estate.RotationRow], *, now: datetime, runbook: str = estate.RUNBOOK
 ) -> str:
@@ -195,6 +216,8 @@ def render(
 {bar_chart("history", past, estate.OUTCOMES, f"Rotations of the last {estate.HISTORY_DAYS} days", label_every=3)}
 <h2>Open failures</h2>
 {_failures(rows, runbook)}
+<h2>Stopped clusters</h2>
+{_stopped(report.findings)}
 <h2>Migration candidates</h2>
 {_migration(report.findings)}
 {error_block}

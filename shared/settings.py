@@ -21,6 +21,7 @@ _WINDOW = re.compile(
 )
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _VAULT_NAME = re.compile(r"[a-z][a-z0-9-]{1,22}[a-z0-9]")
+_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -47,10 +48,17 @@ class Settings(BaseModel):
     client_id: str = Field(alias="AZURE_CLIENT_ID")
     client_secret: SecretStr | None = Field(default=None, alias="AZURE_CLIENT_SECRET")
 
-    # Endpoints (overridable so the same code talks to the emulator).
+    # Endpoints (overridable so the same code talks to the emulator or a sovereign cloud).
     authority_host: str = Field(default="https://login.microsoftonline.com", alias="AZURE_AUTHORITY_HOST")
     arm_endpoint: str = Field(default="https://management.azure.com", alias="ARM_ENDPOINT")
+    arm_audience: str = Field(default="https://management.azure.com", alias="ARM_AUDIENCE")
     graph_endpoint: str = Field(default="https://graph.microsoft.com", alias="GRAPH_ENDPOINT")
+    graph_audience: str = Field(default="https://graph.microsoft.com", alias="GRAPH_AUDIENCE")
+    # ARM api-versions, pinned: an SDK upgrade never changes what is sent, and a sovereign cloud may lag behind.
+    aks_api_version: str = Field(default="2026-08-01", alias="AKS_API_VERSION")
+    resource_graph_api_version: str = Field(default="2021-03-01", alias="RESOURCE_GRAPH_API_VERSION")
+    subscriptions_api_version: str = Field(default="2022-12-01", alias="SUBSCRIPTIONS_API_VERSION")
+    authorization_api_version: str = Field(default="2022-04-01", alias="AUTHORIZATION_API_VERSION")
     ca_bundle: str | None = Field(default=None, alias="AZURE_CA_BUNDLE")
     key_vault_url: str = Field(alias="KEY_VAULT_URL")
 
@@ -83,6 +91,9 @@ class Settings(BaseModel):
     requeue_delay_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=60, alias="REQUEUE_DELAY_SECONDS")
     lro_poll_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=120, alias="LRO_POLL_SECONDS")
     retire_grace_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=86400, alias="RETIRE_GRACE_SECONDS")
+    # Microsoft Graph may not show a password it just created: "a successful write ... does not guarantee that an
+    # immediate read will reflect that change" (Microsoft Entra, "Designing for eventual consistency"); no SLA.
+    graph_settle_seconds: Annotated[int, Field(ge=0, le=86400)] = Field(default=600, alias="GRAPH_SETTLE_SECONDS")
     maintenance_window: str | None = Field(default=None, alias="MAINTENANCE_WINDOW")
     lease_seconds: Annotated[int, Field(ge=15, le=60)] = Field(default=60, alias="LEASE_SECONDS")
     vault_allowlist: tuple[str, ...] = Field(default=(), alias="VAULT_ALLOWLIST")
@@ -121,7 +132,18 @@ class Settings(BaseModel):
                 raise ValueError(f"{_echo(item)!r} is not a Key Vault name (3-24 letters, digits, hyphens)")
         return value
 
-    @field_validator("authority_host", "arm_endpoint", "graph_endpoint", "key_vault_url")
+    @field_validator(
+        "aks_api_version", "resource_graph_api_version", "subscriptions_api_version", "authorization_api_version"
+    )
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not _API_VERSION.fullmatch(value.strip()):
+            raise ValueError("must be an ARM api-version such as 2024-05-01 or 2024-05-02-preview")
+        return value.strip()
+
+    @field_validator(
+        "authority_host", "arm_endpoint", "arm_audience", "graph_endpoint", "graph_audience", "key_vault_url"
+    )
     @classmethod
     def _https(cls, value: str) -> str:
         if not value.startswith("https://"):

@@ -379,10 +379,11 @@ def test_alert_with_exception_is_redacted(stream: io.StringIO) -> None:
     assert CANARY not in stream.getvalue()
 
 
-def test_alert_events_are_the_documented_five() -> None:
+def test_alert_events_are_the_documented_six() -> None:
     assert {
         "rotation.failed",
         "rotation.poison",
+        "rotation.stalled",
         "rotation.blocked",
         "credential.overdue",
         "keyvault.secret_expired",

@@ -56,7 +56,7 @@ def test_poisoned_finish_is_resumed_not_failed(make_world: Any, emulator: Emulat
     world.run(3)
     world.check()
     assert {r.state for r in world.records().values()} == {"succeeded"}
-    assert any(a.event == "rotation.poison" and "resuming" in a.message for a in world.sim.alerts.alerts)
+    assert any(a.event == "rotation.stalled" and "resuming" in a.message for a in world.sim.alerts.alerts)
 
 
 # -- item 9: a skipped rotation must not block the next one ----------------------------------------------------

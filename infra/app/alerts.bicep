@@ -20,6 +20,14 @@ var rules = [
     description: 'A rotation message reached the poison queue (rotations-poison). See docs/operations.md.'
   }
   {
+    name: 'stalled'
+    event: 'rotation.stalled'
+    severity: 2
+    frequency: 'PT15M'
+    window: 'PT1H'
+    description: 'A finished reset whose finish/retire keeps meeting transient trouble (or was poisoned and resumed); nothing was undone. See docs/operations.md.'
+  }
+  {
     name: 'failed'
     event: 'rotation.failed'
     severity: 2

@@ -16,7 +16,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError
 from pydantic import SecretStr
 
 from shared.aks import AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound, effective_actions
-from shared.azure import ARM_AUDIENCE, secret_credential
+from shared.azure import arm_scope, secret_credential
 from shared.cluster_tags import opted_out
 from shared.credentials import password_display_name, passwords, product_created
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, NewPassword, PasswordPolicyError
@@ -162,6 +162,9 @@ async def step_create(run: Delivery) -> Result:
         )
         await run.audit("store", "adopted", "found the stored secret of an earlier attempt")
         return Next()
+    settled = run.row.added_at + timedelta(seconds=run.settings.graph_settle_seconds) if run.row.added_at else now
+    if now < settled:
+        return await _await_graph(run, settled - now)
     for held in mine:
         # Created by an earlier attempt whose secret never reached Key Vault: Graph never shows it again.
         await run.lease.ensure_held()
@@ -185,6 +188,7 @@ async def step_create(run: Delivery) -> Result:
         if policy_max is not None and policy_max < lifetime:
             lifetime = policy_max - timedelta(minutes=5)
     await run.lease.ensure_held()
+    await run.save(added_at=run.now())
     try:
         new = await _add_password(run, chosen, lifetime)
     except PasswordPolicyError as exc:
@@ -204,6 +208,18 @@ async def step_create(run: Delivery) -> Result:
         key_id=new.key_id,
     )
     return await _store(run, chosen, new)
+
+
+async def _await_graph(run: Delivery, left: timedelta) -> Wait:
+    """An earlier attempt sent addPassword moments ago and its secret never reached Key Vault. Microsoft Graph is
+    eventually consistent: its reads may not list that password yet, nor removePassword find it, so what looks
+    like "nothing left over" may be a password that would then be left behind next to a second one. Look again
+    once Graph has caught up (GRAPH_SETTLE_SECONDS; docs/emulator.md, mode `graph_remove_lag`)."""
+    delay = int(left.total_seconds()) + 1
+    detail = f"create: an earlier attempt added a password; waiting {delay} s for Microsoft Graph to list it"
+    await run.requeue(delay, state=RotationState.RUNNING, detail=detail)
+    await run.audit("create", "waiting", detail)
+    return Wait(delay, detail)
 
 
 def _policy_too_short(run: Delivery, lifetime: timedelta) -> None:
@@ -275,7 +291,7 @@ async def _token_ok(settings: Settings, app_id: str, secret: str, kwargs: dict[s
     credential = secret_credential(settings, app_id, secret, **kwargs)
     try:
         async with credential:
-            await credential.get_token(ARM_AUDIENCE + "/.default")
+            await credential.get_token(arm_scope(settings))
     except ClientAuthenticationError as exc:
         code = re.search(r"AADSTS\d+", str(exc))
         return False, code.group(0) if code else "refused"

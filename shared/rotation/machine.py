@@ -23,7 +23,7 @@ from azure.core.exceptions import AzureError
 from shared import clock, edge, telemetry
 from shared.azure import ServiceError
 from shared.locks import ClusterLease, LockBusy
-from shared.logs import alert, log_event, redact
+from shared.logs import EVENT_ROTATION_STALLED, alert, log_event, redact
 from shared.messages import CredentialKind, InvalidInput, RotationMessage, check_allowed, parse_message
 from shared.record import Phase, RotationRecord, RotationState
 from shared.rotation.apply import step_apply, step_verify
@@ -130,7 +130,7 @@ async def wait_out(run: Delivery, exc: Exception) -> Wait:
     await run.audit(str(run.row.phase), "waiting", detail)
     if count % TROUBLE_ALERT_EVERY == 0:
         cluster_id = run.row.cluster_id
-        alert(log, "rotation.poison", detail + " (nothing was undone)", rotation_id=run.rid, cluster_id=cluster_id)
+        alert(log, EVENT_ROTATION_STALLED, detail + " (nothing was undone)", rotation_id=run.rid, cluster_id=cluster_id)
     return Wait(delay, detail)
 
 
@@ -284,6 +284,6 @@ async def _resume(deps: Deps, message: RotationMessage, row: RotationRecord) -> 
     delivery as usual), record and alert; nothing is undone."""
     delay = TROUBLE_MAX_DELAY_SECONDS
     detail = f"{row.phase}: {MAX_DEQUEUE_COUNT} deliveries failed; resuming in {delay} s (nothing was undone)"
-    alert(log, "rotation.poison", detail, rotation_id=row.rotation_id, cluster_id=row.cluster_id)
+    alert(log, EVENT_ROTATION_STALLED, detail, rotation_id=row.rotation_id, cluster_id=row.cluster_id)
     await deps.queues.send(message.to_json(), delay_seconds=delay)
     await deps.store.audit(row.rotation_id, "poison", "resumed", detail)

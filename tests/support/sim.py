@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import json
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
 
 from emulator.sandbox import EmulatorControl
 from shared import clock, events, queues, rotation, shards
@@ -178,6 +181,14 @@ class SimQueues:
         message = self.messages.get(received.id)
         if message is not None and message.pop_receipt == received.pop_receipt:
             message.visible_at = self._now() + timedelta(seconds=delay_seconds)
+
+    async def hold(self, received: Received, seconds: int = 30) -> Received:
+        message = self.messages.get(received.id)
+        if message is None or message.pop_receipt != received.pop_receipt:
+            raise ResourceNotFoundError("The specified message does not exist.")  # as the service (a stale receipt)
+        message.pop_receipt = uuid.uuid4().hex
+        message.visible_at = self._now() + timedelta(seconds=seconds)
+        return dataclasses.replace(received, pop_receipt=message.pop_receipt)
 
     async def poison(self, body: str) -> str:
         self.poisoned.append(body)
