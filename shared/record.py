@@ -24,7 +24,15 @@ Holder = Literal["application", "servicePrincipal"]
 
 # Characters Table storage forbids in PartitionKey/RowKey.
 _BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
-_DATETIME_FIELDS = ("not_before", "observed_expiry", "created_at", "updated_at", "proof_started", "waiting_since")
+_DATETIME_FIELDS = (
+    "not_before",
+    "observed_expiry",
+    "created_at",
+    "updated_at",
+    "proof_started",
+    "waiting_since",
+    "switched_at",
+)
 
 
 class RotationState(enum.StrEnum):
@@ -95,6 +103,7 @@ class RotationRecord(BaseModel):
     vault_version: str | None = None
     operation_url: str | None = None
     not_before: AwareDatetime | None = None
+    switched_at: AwareDatetime | None = None  # when finish saw the cluster on the new secret (sign-in evidence)
     observed_expiry: AwareDatetime | None = None
     reason: str = ""
     failure_reason: str | None = None

@@ -83,6 +83,7 @@ class Settings(BaseModel):
     requeue_delay_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=60, alias="REQUEUE_DELAY_SECONDS")
     lro_poll_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=120, alias="LRO_POLL_SECONDS")
     retire_grace_seconds: Annotated[int, Field(ge=0, le=604800)] = Field(default=86400, alias="RETIRE_GRACE_SECONDS")
+    foreign_signin_quiet_days: Annotated[int, Field(ge=0, le=365)] = Field(default=1, alias="FOREIGN_SIGNIN_QUIET_DAYS")
     maintenance_window: str | None = Field(default=None, alias="MAINTENANCE_WINDOW")
     lease_seconds: Annotated[int, Field(ge=15, le=60)] = Field(default=60, alias="LEASE_SECONDS")
     vault_allowlist: tuple[str, ...] = Field(default=(), alias="VAULT_ALLOWLIST")

@@ -11,10 +11,14 @@ import asyncio
 from datetime import datetime
 from typing import Any
 
+import pytest
+
+from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
 from shared import rotation
 from shared.vault import secret_name_for
 from tests.support.engine import World
+from tests.support.world import estate, hide_subscription, without_signin_report
 
 
 def _when(text: str) -> datetime:
@@ -79,3 +83,56 @@ def test_password_limit_without_a_password_to_share_fails_loudly_with_the_expiry
     loud = [a for a in world.sim.alerts.about(world.cluster("aks-b")["id"]) if a.event == "rotation.failed"]
     assert loud and f"expires {expiry:%Y-%m-%d}" in loud[0].message, [a.message for a in loud]
     assert "no cluster sharing application" in loud[0].message
+
+
+# -- passwords the product did not create ------------------------------------------------------------------------
+def test_a_foreign_password_nobody_signs_in_with_is_removed_after_the_quiet_days(make_world: Any) -> None:
+    world = make_world([{"name": "aks-a", "days": 9}], RETIRE_GRACE_SECONDS="172800", FOREIGN_SIGNIN_QUIET_DAYS="1")
+    old = world.cluster("aks-a")["heldKeyId"]
+    world.run(5)
+    world.check()
+    assert {r.state for r in world.records().values()} == {"succeeded"}
+    assert old not in {p["keyId"] for p in _app(world, "aks-a")["passwordCredentials"]}
+    assert [d for _, outcome, d in _audit(world) if outcome == "removed" and old in d]
+
+
+def test_a_foreign_password_is_left_to_expire_when_the_quiet_days_have_not_passed(make_world: Any) -> None:
+    world = make_world([{"name": "aks-a", "days": 9}], FOREIGN_SIGNIN_QUIET_DAYS="3")  # retire after one day
+    old = world.cluster("aks-a")["heldKeyId"]
+    world.run(3)
+    world.check()
+    assert {r.state for r in world.records().values()} == {"succeeded"}
+    assert old in {p["keyId"] for p in _app(world, "aks-a")["passwordCredentials"]}
+    kept = [d for _, outcome, d in _audit(world) if outcome == "kept_foreign"]
+    assert len(kept) == 1 and old in kept[0] and "FOREIGN_SIGNIN_QUIET_DAYS=3" in kept[0]
+
+
+@pytest.mark.parametrize("report", [True, False], ids=["with-sign-in-report", "without-AuditLog.Read.All"])
+def test_a_cluster_the_product_cannot_see_keeps_the_foreign_password_it_holds(
+    emulator: EmulatorControl, azurite: Azurite, report: bool
+) -> None:
+    doc = estate(
+        [
+            {"name": "aks-a", "days": 9, "app": "shared"},
+            {"name": "aks-x", "days": 9, "app": "shared", "subscription": 1},  # another team's subscription
+        ],
+        subscriptions=2,
+    )
+    hide_subscription(doc, 1)
+    if not report:
+        without_signin_report(doc)
+    world = World(emulator, azurite, doc, FOREIGN_SIGNIN_QUIET_DAYS="1")
+    old = world.cluster("aks-x")["heldKeyId"]
+    world.run(4)
+    world.check()
+    records = world.records()
+    assert {r.cluster_id for r in records.values()} == {world.cluster("aks-a")["id"]}  # aks-x is invisible
+    assert {r.state for r in records.values()} == {"succeeded"}
+    invisible = world.cluster("aks-x")
+    assert invisible["heldKeyId"] == old and invisible["heldValid"] and invisible["outage_seconds"] == 0
+    assert old in {p["keyId"] for p in _app(world, "aks-a")["passwordCredentials"]}
+    visible = world.cluster("aks-a")
+    assert visible["heldKeyId"] != old and _current_key(world, "aks-a") == visible["heldKeyId"]  # rotated normally
+    kept = [d for _, outcome, d in _audit(world) if outcome == "kept_foreign"]
+    assert len(kept) == 1 and old in kept[0]
+    assert ("after every visible cluster left it" if report else "AuditLog.Read.All") in kept[0], kept

@@ -19,9 +19,11 @@ from shared.messages import CredentialKind
 from shared.record import Phase, RotationRecord, RotationState
 from shared.rotation.create import abandon_version, lookup
 from shared.rotation.delivery import Delivery
+from shared.rotation.foreign import Verdict, decide, last_switch
 from shared.rotation.phases import failure_may_clean_up
 from shared.rotation.plan import retire_candidates
 from shared.rotation.results import Done, Failure, Next, Result, Wait
+from shared.signins import SignIns, app_signins
 from shared.vault import VersionState, secret_name_for
 
 log = logging.getLogger("shared.rotation")
@@ -43,7 +45,8 @@ async def step_finish(run: Delivery) -> Result:
     )
     grace = run.settings.retire_grace_seconds
     not_before = run.now() + timedelta(seconds=grace)
-    await run.save(phase=Phase.RETIRE, not_before=not_before, trouble_count=0)
+    switched = row.switched_at or run.now()  # a repeated finish keeps the first instant
+    await run.save(phase=Phase.RETIRE, not_before=not_before, trouble_count=0, switched_at=switched)
     if grace > 0:
         await run.requeue(grace, state=RotationState.WAITING, detail=f"retire grace period ({grace} s)")
         return Wait(grace, "retire grace period", RotationState.WAITING)
@@ -95,7 +98,9 @@ async def step_retire(run: Delivery) -> Result:
         return Wait(delay, "retire grace period", RotationState.WAITING)
     creds = await lookup(run)
     present = {h.password.key_id.lower(): h for h in passwords(creds)}
-    removed, kept, pending = [], [], []
+    removed, kept, pending, foreign = [], [], [], []
+    report: SignIns | None = None
+    switched: datetime | None = None
     deadline = retire_deadline(row, run.settings.urgent_days)
     for key in retire_candidates(row.old_key_ids, row.new_key_id, present):
         try:
@@ -119,6 +124,15 @@ async def step_retire(run: Delivery) -> Result:
             )
             continue
         held = present[key]
+        if product_created(held.password) is None:
+            if report is None:
+                report = await app_signins(run.settings, deps.credential, row.app_id or "")
+                switched = await last_switch(run)
+            decision = decide(key, report, switched, now, run.settings.foreign_signin_quiet_days)
+            if decision.verdict is Verdict.KEEP:
+                foreign.append(key)
+                await _report_foreign(run, key, held.password.end, decision.reason)
+                continue
         await run.lease.ensure_held()
         await deps.graph.remove_password(held.holder, held.object_id, key)
         removed.append(key)
@@ -134,10 +148,28 @@ async def step_retire(run: Delivery) -> Result:
         detail = f"left {others} pre-existing credentials untouched (the cluster's previous key is not known)"
     else:
         detail = f"removed {len(removed)} old password(s)" + (f", kept {len(kept)}" if kept else "")
+        detail += f", left {len(foreign)} not created by the product to expire" if foreign else ""
     await run.save(state=RotationState.SUCCEEDED, phase=Phase.DONE, not_before=None)
     await run.audit("done", "succeeded", detail)
     log_event(log, logging.INFO, "rotation.succeeded", detail, rotation_id=run.rid, cluster_id=row.cluster_id)
     return Done(detail)
+
+
+async def _report_foreign(run: Delivery, key: str, ends: datetime | None, reason: str) -> None:
+    """A password the product did not create stays: say so where operators look (audit, log, the scan)."""
+    until = f"{ends:%Y-%m-%d}" if ends else "its end"
+    detail = f"left {key} (not created by the product) to expire {until}: {reason}"
+    await run.audit("retire", "kept_foreign", detail, key_id=key)
+    log_event(
+        log,
+        logging.WARNING,
+        "rotation.foreign_kept",
+        detail,
+        rotation_id=run.rid,
+        cluster_id=run.row.cluster_id,
+        app_id=run.row.app_id,
+        key_id=key,
+    )
 
 
 async def step_cleanup(run: Delivery) -> Result:

@@ -35,6 +35,7 @@ FAST = {
     "REQUEUE_DELAY_SECONDS": "0",
     "LRO_POLL_SECONDS": "0",
     "LEASE_SECONDS": "15",
+    "FOREIGN_SIGNIN_QUIET_DAYS": "0",
 }
 
 
