@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from emulator.azurite import Azurite
 from emulator.sandbox import EmulatorControl
-from shared import rotation
+from shared import cli_views, rotation
 from shared.vault import secret_name_for
 from tests.support.engine import World
 from tests.support.world import estate, hide_subscription, without_signin_report
@@ -136,3 +137,9 @@ def test_a_cluster_the_product_cannot_see_keeps_the_foreign_password_it_holds(
     kept = [d for _, outcome, d in _audit(world) if outcome == "kept_foreign"]
     assert len(kept) == 1 and old in kept[0]
     assert ("after every visible cluster left it" if report else "AuditLog.Read.All") in kept[0], kept
+    left = asyncio.run(rotation.foreign_left(world.settings, world.sim.now()))  # what `aks-rotator status` lists
+    assert [(f.key_id, f.cluster_id) for f in left] == [(old, visible["id"])]
+    console = Console(record=True, width=300)
+    console.print(cli_views.foreign_table(left))
+    text = console.export_text()
+    assert old in text and "aks-a" in text

@@ -159,7 +159,8 @@ async def _report_foreign(run: Delivery, key: str, ends: datetime | None, reason
     """A password the product did not create stays: say so where operators look (audit, log, the scan)."""
     until = f"{ends:%Y-%m-%d}" if ends else "its end"
     detail = f"left {key} (not created by the product) to expire {until}: {reason}"
-    await run.audit("retire", "kept_foreign", detail, key_id=key)
+    fields = {"key_id": key, "app_id": run.row.app_id or "", **({"ends": ends} if ends else {})}
+    await run.audit("retire", "kept_foreign", detail, **fields)
     log_event(
         log,
         logging.WARNING,
