@@ -7,7 +7,7 @@ evidence is Entra's sign-in report per keyId (`shared.signins`): every sign-in b
 switched to its new secret may be its own; any later sign-in means something else uses the password. The password is
 removed only when the report is readable, shows no sign-in after that instant, and that instant is at least
 FOREIGN_SIGNIN_QUIET_DAYS ago. Otherwise it is left to expire and reported (audit `kept_foreign`, log
-`rotation.foreign_kept`, and the scan's "foreign passwords left to expire").
+`rotation.foreign_kept`, and `aks-rotator status`'s "Foreign passwords left to expire").
 """
 
 from __future__ import annotations
