@@ -23,7 +23,7 @@ from kiota_abstractions.request_information import RequestInformation
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
 from shared.azure import graph_client
-from shared.graph import GraphError, _parse_time
+from shared.graph import _NO_SDK_RETRY, GraphError, _parse_time
 from shared.settings import Settings
 
 REPORT_PATH = "/beta/reports/appCredentialSignInActivities"
@@ -68,6 +68,7 @@ async def app_signins(settings: Settings, credential: AsyncTokenCredential, app_
             info.url = url
             info.headers = HeadersCollection()
             info.headers.try_add("Accept", "application/json")
+            info.add_request_options([_NO_SDK_RETRY])  # retire's own backoff waits out 429/5xx
             try:
                 raw: Any = await adapter.send_primitive_async(info, "bytes", {"XXX": ODataError})
             except APIError as exc:
