@@ -156,7 +156,7 @@ async def step_retire(run: Delivery) -> Result:
 
 
 async def _report_foreign(run: Delivery, key: str, ends: datetime | None, reason: str) -> None:
-    """A password the product did not create stays: say so where operators look (audit, log, the scan)."""
+    """A password the product did not create stays: say so where operators look (audit, log, `aks-rotator status`)."""
     until = f"{ends:%Y-%m-%d}" if ends else "its end"
     detail = f"left {key} (not created by the product) to expire {until}: {reason}"
     fields = {"key_id": key, "app_id": run.row.app_id or "", **({"ends": ends} if ends else {})}
