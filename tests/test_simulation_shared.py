@@ -94,7 +94,8 @@ def test_a_foreign_password_nobody_signs_in_with_is_removed_after_the_quiet_days
     world.check()
     assert {r.state for r in world.records().values()} == {"succeeded"}
     assert old not in {p["keyId"] for p in _app(world, "aks-a")["passwordCredentials"]}
-    assert [d for _, outcome, d in _audit(world) if outcome == "removed" and old in d]
+    removed = [d for _, outcome, d in _audit(world) if outcome == "removed" and old in d]
+    assert len(removed) == 1 and "no sign-in since the last visible cluster left it" in removed[0], removed
 
 
 def test_a_foreign_password_is_left_to_expire_when_the_quiet_days_have_not_passed(make_world: Any) -> None:

@@ -124,6 +124,7 @@ async def step_retire(run: Delivery) -> Result:
             )
             continue
         held = present[key]
+        evidence = ""
         if product_created(held.password) is None:
             if report is None:
                 report = await app_signins(run.settings, deps.credential, row.app_id or "")
@@ -133,10 +134,11 @@ async def step_retire(run: Delivery) -> Result:
                 foreign.append(key)
                 await _report_foreign(run, key, held.password.end, decision.reason)
                 continue
+            evidence = f" (not created by the product: {decision.reason})"
         await run.lease.ensure_held()
         await deps.graph.remove_password(held.holder, held.object_id, key)
         removed.append(key)
-        await run.audit("retire", "removed", f"removed the old password {key}")
+        await run.audit("retire", "removed", f"removed the old password {key}{evidence}")
     if pending:
         # Never give up silently: look again when the sharing cluster's rotation has promoted its key.
         delay = min(run.settings.requeue_delay_seconds * 5, int((deadline - now).total_seconds()) + 1)
