@@ -19,7 +19,7 @@ from shared.messages import CredentialKind
 from shared.record import Phase, RotationRecord, RotationState
 from shared.rotation.create import abandon_version, lookup
 from shared.rotation.delivery import Delivery
-from shared.rotation.foreign import Verdict, decide, last_switch
+from shared.rotation.foreign import Verdict, decide, last_switch, too_soon
 from shared.rotation.phases import failure_may_clean_up
 from shared.rotation.plan import retire_candidates
 from shared.rotation.results import Done, Failure, Next, Result, Wait
@@ -101,6 +101,7 @@ async def step_retire(run: Delivery) -> Result:
     removed, kept, pending, foreign = [], [], [], []
     report: SignIns | None = None
     switched: datetime | None = None
+    looked = False
     deadline = retire_deadline(row, run.settings.urgent_days)
     for key in retire_candidates(row.old_key_ids, row.new_key_id, present):
         try:
@@ -126,10 +127,13 @@ async def step_retire(run: Delivery) -> Result:
         held = present[key]
         evidence = ""
         if product_created(held.password) is None:
-            if report is None:
-                report = await app_signins(run.settings, deps.credential, row.app_id or "")
-                switched = await last_switch(run)
-            decision = decide(key, report, switched, now, run.settings.foreign_signin_quiet_days)
+            if not looked:
+                switched, looked = await last_switch(run), True
+            quiet = run.settings.foreign_signin_quiet_days
+            decision = too_soon(switched, now, quiet)  # the report is read only when it could allow removal
+            if decision is None:
+                report = report or await app_signins(run.settings, deps.credential, row.app_id or "")
+                decision = decide(key, report, switched, now, quiet)
             if decision.verdict is Verdict.KEEP:
                 foreign.append(key)
                 await _report_foreign(run, key, held.password.end, decision.reason)

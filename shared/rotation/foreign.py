@@ -32,19 +32,27 @@ class Decision:
     reason: str
 
 
-def decide(key_id: str, report: SignIns, last_switch: datetime | None, now: datetime, quiet_days: int) -> Decision:
-    """Pure: may retire remove the foreign password `key_id`? (unit-tested in tests/unit/test_foreign.py)"""
-    if not report.readable:
-        return Decision(Verdict.KEEP, f"no sign-in evidence ({report.refusal}: grant AuditLog.Read.All to allow it)")
+def too_soon(last_switch: datetime | None, now: datetime, quiet_days: int) -> Decision | None:
+    """Pure: a KEEP decision when no sign-in report could allow removal yet (then the report is not read)."""
     if last_switch is None:
         return Decision(Verdict.KEEP, "when the clusters switched away from it is unknown")
+    if now - last_switch < timedelta(days=quiet_days):
+        hours = (now - last_switch).total_seconds() / 3600
+        reason = f"no sign-in evidence yet: the last visible cluster left it {hours:.0f} h ago"
+        return Decision(Verdict.KEEP, f"{reason} (FOREIGN_SIGNIN_QUIET_DAYS={quiet_days})")
+    return None
+
+
+def decide(key_id: str, report: SignIns, last_switch: datetime | None, now: datetime, quiet_days: int) -> Decision:
+    """Pure: may retire remove the foreign password `key_id`? (unit-tested in tests/unit/test_foreign.py)"""
+    early = too_soon(last_switch, now, quiet_days)
+    if early is not None or last_switch is None:
+        return early or Decision(Verdict.KEEP, "unknown")
+    if not report.readable:
+        return Decision(Verdict.KEEP, f"no sign-in evidence ({report.refusal}: grant AuditLog.Read.All to allow it)")
     last = report.last_signin(key_id)
     if last is not None and last > last_switch:
         return Decision(Verdict.KEEP, f"used at {last:%Y-%m-%d %H:%M} UTC, after every visible cluster left it")
-    if now - last_switch < timedelta(days=quiet_days):
-        hours = (now - last_switch).total_seconds() / 3600
-        reason = f"no sign-in since the last visible cluster left it {hours:.0f} h ago"
-        return Decision(Verdict.KEEP, f"{reason} (FOREIGN_SIGNIN_QUIET_DAYS={quiet_days})")
     seen = f"last sign-in {last:%Y-%m-%d %H:%M} UTC" if last is not None else "never signed in with"
     return Decision(Verdict.REMOVE, f"{seen}; no sign-in since the last visible cluster left it")
 
