@@ -32,6 +32,7 @@ DEMO_SETTINGS = {
     "REQUEUE_DELAY_SECONDS": "1",
     "LRO_POLL_SECONDS": "1",
     "RETIRE_GRACE_SECONDS": "2",
+    "FOREIGN_SIGNIN_QUIET_DAYS": "0",  # the sign-in report (the estate grants AuditLog.Read.All) is the evidence
     "LOG_LEVEL": "WARNING",
 }
 

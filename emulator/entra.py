@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from emulator import signins
 from emulator.core import emulator_of
 from emulator.wire import Reply, error, scope_audience
 
@@ -93,6 +94,8 @@ async def token(request: web.Request) -> web.Response:
     refusal = emu.entra_refusal(client_id, secret)
     if refusal is not None:
         raise Reply(error("entra", 401, "invalid_client", refusal))
+    used = emu.estate.find_password(client_id, secret)
+    signins.record(emu.estate, used.key_id if used else None, emu.clock.timestamp())
     object_id = emu.estate.principal_object_id(client_id) or app.object_id
     surface, audience = served
     roles = sorted(emu.estate.graph_roles.get(client_id, set())) if surface == "graph" else []

@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote, urlsplit
 from aiohttp import web
 from multidict import MultiDict
 
+from emulator import graph_reports
 from emulator.core import Emulator, emulator_of
 from emulator.faults import refusals
 from emulator.records import Application, Password, PasswordPolicy, ServicePrincipal, parse_time
@@ -849,5 +850,6 @@ async def batch(request: web.Request) -> web.StreamResponse:
 def setup(app: web.Application) -> None:
     """Register every Graph operation as `graph.<name>` plus `graph.batch`."""
     app.router.add_post(f"{BASE}/$batch", batch, name="graph.batch")
+    graph_reports.setup(app)  # beta reports (sign-in activity): their own module
     for op in _OPS:
         app.router.add_route(op.method, op.route, route_handler(op), name=f"graph.{op.name}")

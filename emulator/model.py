@@ -12,6 +12,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from emulator import signins
 from emulator.identities import IdentityWorld
 from emulator.modes import Modes
 from emulator.records import (
@@ -59,6 +60,7 @@ class Estate:
         self.replication_seconds: float = float(seed.get("replication_seconds", 0))
         self.issued_secrets: list[str] = []  # every secret value handed out: the canary list for tests
         self.deleted_clusters: list[dict[str, Any]] = []  # truth of clusters removed by the world event `delete`
+        self.signins: dict[str, float] = {}  # keyId -> last recorded sign-in (emulator.signins)
         self.modes = Modes()
         self.identity = IdentityWorld.load(seed, clock.timestamp())
         self._load(seed)
@@ -317,6 +319,7 @@ class Estate:
     def hold(self, cluster: Cluster, secret: tuple[str, str], at: float, pools: list[NodePool] | None = None) -> None:
         """From `at`, the control plane and `pools` (default: every pool) hold `secret` (hash, keyId)."""
         self.account(cluster, at=at)
+        signins.record_cluster(self, cluster, at)  # what it held, it signed in with until now
         digest, key_id = secret
         for holding in [cluster.control_plane, *(p.holding for p in (cluster.node_pools if pools is None else pools))]:
             holding.hash, holding.key_id = digest, key_id

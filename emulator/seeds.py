@@ -42,7 +42,8 @@ def base(rng: random.Random, subscriptions: list[dict[str, Any]]) -> dict[str, A
             {"principal": PRODUCT_APP_ID, "scope": f"/subscriptions/{s['id']}", "actions": list(ROTATOR_ARM_ACTIONS)}
             for s in subscriptions
         ],
-        "graph_app_roles": {PRODUCT_APP_ID: ["Application.ReadWrite.OwnedBy"]},
+        # AuditLog.Read.All is optional (docs/permissions.md): it lets retire see sign-in evidence.
+        "graph_app_roles": {PRODUCT_APP_ID: ["Application.ReadWrite.OwnedBy", "AuditLog.Read.All"]},
         "vault_roles": [{"principal": PRODUCT_APP_ID, "vault": VAULT, "role": PRODUCT_VAULT_ROLE}],
         "applications": [],
         "clusters": [],

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from emulator import identities
+from emulator import identities, signins
 from emulator.core import Emulator, emulator_of
 from emulator.graph import add_years
 from emulator.keyvault_deleted import soft_delete
@@ -83,6 +83,7 @@ def _background(emu: Emulator, cluster: Cluster, kind: str, state: str, seconds:
 def stop(emu: Emulator, body: dict[str, Any]) -> dict[str, Any]:
     """`az aks stop`: powerState Stopped; no node runs, so nothing is accounted while stopped."""
     cluster = _cluster(emu, body)
+    signins.record_cluster(emu.estate, cluster, emu.clock.timestamp())
     cluster.power_state = "Stopped"
     return {"powerState": cluster.power_state}
 

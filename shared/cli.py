@@ -300,6 +300,8 @@ def status(
         out.print(views.status_table(listed))
     for view in listed if (audit or rotation_id) else []:
         out.print(views.audit_table(view))
+    if rotation_id is None and (left := _run(rotation.foreign_left(settings, clock.now()))):
+        out.print(views.foreign_table(left))
 
 
 @app.command()

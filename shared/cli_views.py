@@ -168,6 +168,17 @@ def status_attention(rows: Sequence[Any]) -> list[Any]:
     return [row for row in rows if row.rotation_id in failed or row.state not in ("succeeded", "failed")]
 
 
+def foreign_table(left: Sequence[Any]) -> Table:
+    """Passwords the product did not create, left to expire (docs/operations.md, "Shared application")."""
+    table = Table(title="Foreign passwords left to expire", title_justify="left")
+    for column in ("key", "application", "cluster", "ends", "why"):
+        table.add_column(column, overflow="fold")
+    for item in left:
+        ends = f"{item.ends:%Y-%m-%d}" if item.ends else "-"
+        table.add_row(item.key_id, item.app_id, item.cluster_id.rsplit("/", 1)[-1], ends, item.reason)
+    return table
+
+
 def status_table(views: Sequence[Any], title: str = "Rotations") -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("rotation", "cluster", "kind", "state", "step", "updated", "detail"):

@@ -32,6 +32,7 @@ _DATETIME_FIELDS = (
     "proof_started",
     "waiting_since",
     "added_at",
+    "switched_at",
 )
 
 
@@ -104,6 +105,7 @@ class RotationRecord(BaseModel):
     vault_version: str | None = None
     operation_url: str | None = None
     not_before: AwareDatetime | None = None
+    switched_at: AwareDatetime | None = None  # when finish saw the cluster on the new secret (sign-in evidence)
     observed_expiry: AwareDatetime | None = None
     reason: str = ""
     failure_reason: str | None = None

@@ -94,6 +94,7 @@ class Settings(BaseModel):
     # Microsoft Graph may not show a password it just created: "a successful write ... does not guarantee that an
     # immediate read will reflect that change" (Microsoft Entra, "Designing for eventual consistency"); no SLA.
     graph_settle_seconds: Annotated[int, Field(ge=0, le=86400)] = Field(default=600, alias="GRAPH_SETTLE_SECONDS")
+    foreign_signin_quiet_days: Annotated[int, Field(ge=0, le=365)] = Field(default=1, alias="FOREIGN_SIGNIN_QUIET_DAYS")
     maintenance_window: str | None = Field(default=None, alias="MAINTENANCE_WINDOW")
     lease_seconds: Annotated[int, Field(ge=15, le=60)] = Field(default=60, alias="LEASE_SECONDS")
     vault_allowlist: tuple[str, ...] = Field(default=(), alias="VAULT_ALLOWLIST")

@@ -152,19 +152,3 @@ def test_sharing_clusters_rotating_together_all_finish_their_retire(make_world: 
     assert keys == {world.cluster("aks-a")["heldKeyId"], world.cluster("aks-b")["heldKeyId"]}
     trails = [asyncio.run(rotation.status(world.settings, rid))[0] for rid in records]
     assert not [a.detail for view in trails for a in view.audit if a.outcome == "kept"]  # waited, never gave up
-
-
-def test_password_limit_fails_the_starved_cluster_loudly_with_its_expiry(
-    make_world: Any, emulator: EmulatorControl
-) -> None:
-    world = make_world([{"name": "aks-a", "days": 9, "app": "shared"}, {"name": "aks-b", "days": 9, "app": "shared"}])
-    app_id = world.cluster("aks-a")["clientId"]
-    emulator.world("app_policy", app_id=app_id, password_limit=2)  # the old password + one new one
-    expiry = _held_expiry(world, "aks-b")
-    world.run(3)
-    world.check()
-    failed = [r for r in world.records().values() if r.state == "failed"]
-    assert len(failed) >= 1 and all("TooManyAppPasswords" in (r.failure_reason or "") for r in failed)
-    starved = failed[0].cluster_id
-    loud = [a for a in world.sim.alerts.about(starved) if a.event == "rotation.failed"]
-    assert loud and f"expires {expiry:%Y-%m-%d}" in loud[0].message, [a.message for a in loud]

@@ -10,7 +10,7 @@ from shared.credentials import DISPLAY_NAME_PREFIX, password_display_name
 from shared.rotation.deps import Deps
 from shared.rotation.machine import MAX_DEQUEUE_COUNT, StepOutcome, handle_message, handle_poison
 from shared.rotation.submit import RETRIED_REASONS, SubmitResult, resend_pending, rotate_now, submit
-from shared.rotation.views import AuditView, RotationView, status
+from shared.rotation.views import AuditView, ForeignKept, RotationView, foreign_left, status
 from shared.rotation.worker import DrainReport, drain
 
 __all__ = [
@@ -20,10 +20,12 @@ __all__ = [
     "AuditView",
     "Deps",
     "DrainReport",
+    "ForeignKept",
     "RotationView",
     "StepOutcome",
     "SubmitResult",
     "drain",
+    "foreign_left",
     "handle_message",
     "handle_poison",
     "password_display_name",

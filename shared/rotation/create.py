@@ -26,6 +26,7 @@ from shared.rotation.delivery import Delivery
 from shared.rotation.deps import Deps
 from shared.rotation.plan import Plan, is_due, plan
 from shared.rotation.results import Done, Failure, Next, Result, Wait
+from shared.rotation.sharing import LIMIT_CODE, share_or_fail
 from shared.rotation.waits import STOPPED_RECHECK, blocked, stopped_reason
 from shared.settings import Settings
 from shared.vault import StoredVersion, VaultError, VaultForbidden, VaultSecretDeleted, VersionState, VersionTags
@@ -151,8 +152,9 @@ async def step_create(run: Delivery) -> Result:
     )
     mine = [h for h in passwords(creds) if product_created(h.password) == rid]
     stored = next(iter(_pending_of(versions, rid)), None)
-    if stored is not None and any(h.password.key_id == stored.labels.key_id for h in mine):
-        # A crash after store, before the row was saved: adopt what is there.
+    if stored is not None and any(h.password.key_id == stored.labels.key_id for h in passwords(creds)):
+        # A crash after store, before the row was saved: adopt what is there (a password of this rotation, or the
+        # one it moved onto from a sharing cluster: shared.rotation.sharing).
         await run.save(
             phase=Phase.PROVE,
             proof_count=0,
@@ -192,6 +194,8 @@ async def step_create(run: Delivery) -> Result:
     try:
         new = await _add_password(run, chosen, lifetime)
     except PasswordPolicyError as exc:
+        if exc.code == LIMIT_CODE:
+            return await share_or_fail(run, creds, str(exc))
         raise Failure(f"addPassword refused by policy: {exc}", cleanup=False) from None
     except GraphAuthorizationError as exc:
         raise Failure(

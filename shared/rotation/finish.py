@@ -19,9 +19,11 @@ from shared.messages import CredentialKind
 from shared.record import Phase, RotationRecord, RotationState
 from shared.rotation.create import abandon_version, lookup
 from shared.rotation.delivery import Delivery
+from shared.rotation.foreign import Verdict, decide, last_switch, too_soon
 from shared.rotation.phases import failure_may_clean_up
 from shared.rotation.plan import retire_candidates
 from shared.rotation.results import Done, Failure, Next, Result, Wait
+from shared.signins import SignIns, app_signins
 from shared.vault import VersionState, secret_name_for
 
 log = logging.getLogger("shared.rotation")
@@ -43,7 +45,8 @@ async def step_finish(run: Delivery) -> Result:
     )
     grace = run.settings.retire_grace_seconds
     not_before = run.now() + timedelta(seconds=grace)
-    await run.save(phase=Phase.RETIRE, not_before=not_before, trouble_count=0)
+    switched = row.switched_at or run.now()  # a repeated finish keeps the first instant
+    await run.save(phase=Phase.RETIRE, not_before=not_before, trouble_count=0, switched_at=switched)
     if grace > 0:
         await run.requeue(grace, state=RotationState.WAITING, detail=f"retire grace period ({grace} s)")
         return Wait(grace, "retire grace period", RotationState.WAITING)
@@ -95,7 +98,10 @@ async def step_retire(run: Delivery) -> Result:
         return Wait(delay, "retire grace period", RotationState.WAITING)
     creds = await lookup(run)
     present = {h.password.key_id.lower(): h for h in passwords(creds)}
-    removed, kept, pending = [], [], []
+    removed, kept, pending, foreign = [], [], [], []
+    report: SignIns | None = None
+    switched: datetime | None = None
+    looked = False
     deadline = retire_deadline(row, run.settings.urgent_days)
     for key in retire_candidates(row.old_key_ids, row.new_key_id, present):
         try:
@@ -119,10 +125,24 @@ async def step_retire(run: Delivery) -> Result:
             )
             continue
         held = present[key]
+        evidence = ""
+        if product_created(held.password) is None:
+            if not looked:
+                switched, looked = await last_switch(run), True
+            quiet = run.settings.foreign_signin_quiet_days
+            decision = too_soon(switched, now, quiet)  # the report is read only when it could allow removal
+            if decision is None:
+                report = report or await app_signins(run.settings, deps.credential, row.app_id or "")
+                decision = decide(key, report, switched, now, quiet)
+            if decision.verdict is Verdict.KEEP:
+                foreign.append(key)
+                await _report_foreign(run, key, held.password.end, decision.reason)
+                continue
+            evidence = f" (not created by the product: {decision.reason})"
         await run.lease.ensure_held()
         await deps.graph.remove_password(held.holder, held.object_id, key)
         removed.append(key)
-        await run.audit("retire", "removed", f"removed the old password {key}")
+        await run.audit("retire", "removed", f"removed the old password {key}{evidence}")
     if pending:
         # Never give up silently: look again when the sharing cluster's rotation has promoted its key.
         delay = min(run.settings.requeue_delay_seconds * 5, int((deadline - now).total_seconds()) + 1)
@@ -134,10 +154,29 @@ async def step_retire(run: Delivery) -> Result:
         detail = f"left {others} pre-existing credentials untouched (the cluster's previous key is not known)"
     else:
         detail = f"removed {len(removed)} old password(s)" + (f", kept {len(kept)}" if kept else "")
+        detail += f", left {len(foreign)} not created by the product to expire" if foreign else ""
     await run.save(state=RotationState.SUCCEEDED, phase=Phase.DONE, not_before=None)
     await run.audit("done", "succeeded", detail)
     log_event(log, logging.INFO, "rotation.succeeded", detail, rotation_id=run.rid, cluster_id=row.cluster_id)
     return Done(detail)
+
+
+async def _report_foreign(run: Delivery, key: str, ends: datetime | None, reason: str) -> None:
+    """A password the product did not create stays: say so where operators look (audit, log, `aks-rotator status`)."""
+    until = f"{ends:%Y-%m-%d}" if ends else "its end"
+    detail = f"left {key} (not created by the product) to expire {until}: {reason}"
+    fields = {"key_id": key, "app_id": run.row.app_id or "", **({"ends": ends} if ends else {})}
+    await run.audit("retire", "kept_foreign", detail, **fields)
+    log_event(
+        log,
+        logging.WARNING,
+        "rotation.foreign_kept",
+        detail,
+        rotation_id=run.rid,
+        cluster_id=run.row.cluster_id,
+        app_id=run.row.app_id,
+        key_id=key,
+    )
 
 
 async def step_cleanup(run: Delivery) -> Result:

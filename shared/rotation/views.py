@@ -37,6 +37,46 @@ class RotationView:
     audit: tuple[AuditView, ...] = ()
 
 
+@dataclass(frozen=True)
+class ForeignKept:
+    """A password the product did not create, left to expire by a retire (audit `kept_foreign`)."""
+
+    key_id: str
+    app_id: str
+    cluster_id: str
+    ends: datetime | None
+    reason: str
+    at: datetime
+
+
+async def foreign_left(settings: Settings, now: datetime) -> list[ForeignKept]:
+    """Foreign passwords left to expire that have not expired yet, the latest report per key (soonest end first)."""
+    credential = product_credential(settings)
+    try:
+        async with RotationStore(settings, credential) as store:
+            await store.ensure()
+            rows = {r.rotation_id: r for r in await store.list()}
+            trail = [a for a in await store.audit_log() if a.outcome == "kept_foreign"]
+    finally:
+        await credential.close()
+    latest: dict[str, ForeignKept] = {}
+    for entry in trail:
+        row = rows.get(entry.rotation_id)
+        ends = entry.fields.get("ends")
+        key = str(entry.fields.get("key_id", "")).lower()
+        if not key or (isinstance(ends, datetime) and ends <= now):
+            continue
+        latest[key] = ForeignKept(
+            key_id=key,
+            app_id=str(entry.fields.get("app_id") or (row.app_id if row else "") or ""),
+            cluster_id=row.cluster_id if row else "",
+            ends=ends if isinstance(ends, datetime) else None,
+            reason=entry.detail,
+            at=entry.at,
+        )
+    return sorted(latest.values(), key=lambda f: (f.ends is None, f.ends or now, f.key_id))
+
+
 async def status(settings: Settings, rotation_id: str | None = None) -> list[RotationView]:
     """Rotation rows (newest first); with `rotation_id`, that rotation with its audit trail."""
     credential = product_credential(settings)

@@ -36,6 +36,7 @@ FAST = {
     "LRO_POLL_SECONDS": "0",
     "LEASE_SECONDS": "15",
     "GRAPH_SETTLE_SECONDS": "0",
+    "FOREIGN_SIGNIN_QUIET_DAYS": "0",
 }
 
 

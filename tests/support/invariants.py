@@ -7,7 +7,8 @@
    the newest rotation's);
 4. no password the product created outlives its purpose (held by a cluster, tracked in Key Vault, or within its
    rotation);
-5. no password the product did not create is removed while a cluster (visible or not) may hold it;
+5. no password the product did not create is removed while a cluster (visible or not) may hold it (judged from the
+   truth's clusters, which include those outside the product's scope, and its `removedPasswords`);
 6. every rotation ends succeeded, or failed with a reason and an alert;
 7. (migration) no cluster ever loses a permission it had;
 8. (migration) no migration step runs outside the cluster's maintenance window unless urgent.
@@ -121,6 +122,15 @@ def check_state(
                 holders = [c["id"] for c in state["clusters"] if (c.get("heldKeyId") or "").lower() == key]
                 if holders:
                     found.add(f"removed a password {key} that {holders[0]} holds")
+    # 5, for every cluster the truth knows (also those the product cannot see): a password the product removed
+    # but did not create is held by no cluster.
+    for removed in state.get("removedPasswords", []):
+        if product_created(removed) or removed.get("removedBy") == "human":  # a person's act is not the product's
+            continue
+        key = str(removed.get("keyId", "")).lower()
+        holders = [c["id"] for c in state["clusters"] if (c.get("heldKeyId") or "").lower() == key]
+        if holders:
+            found.add(f"removed a password {key} not created by the product that {holders[0]} holds")
     # 6. terminal rotations: succeeded, or failed with a reason and an alert.
     alerted = {str(getattr(a, "fields", {}).get("rotation_id", "")) for a in alerts}
     for rid, record in records.items():

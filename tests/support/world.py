@@ -70,3 +70,17 @@ def estate(
 def app_of(doc: dict[str, Any], cluster: str) -> dict[str, Any]:
     client = next(c["client_id"] for c in doc["clusters"] if c["name"] == cluster)
     return next(a for a in doc["applications"] if a["app_id"] == client)
+
+
+def hide_subscription(doc: dict[str, Any], index: int) -> dict[str, Any]:
+    """The product cannot see subscription `index` (no role assignment there: outside its scope or allowlist)."""
+    sub = doc["subscriptions"][index]["id"]
+    doc["role_assignments"] = [r for r in doc["role_assignments"] if not r["scope"].startswith(f"/subscriptions/{sub}")]
+    return doc
+
+
+def without_signin_report(doc: dict[str, Any]) -> dict[str, Any]:
+    """The product lacks the optional AuditLog.Read.All: Graph's sign-in report answers 403."""
+    roles = doc["graph_app_roles"]
+    roles.update({app: [r for r in granted if r != "AuditLog.Read.All"] for app, granted in roles.items()})
+    return doc
