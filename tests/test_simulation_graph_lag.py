@@ -92,3 +92,23 @@ def test_the_emulator_refuses_to_remove_a_password_graph_does_not_show_yet(
     assert any(p["keyId"] == added["keyId"] for a in emulator.state()["applications"] for p in all_passwords(a))
     emulator.advance(61)
     assert asyncio.run(remove()).status_code == 204
+
+
+def test_a_cleanup_while_graph_lags_leaves_no_password_behind(make_world: Any, emulator: EmulatorControl) -> None:
+    # AKS refuses the reset moments after the proof: the rotation fails and cleans up a password Graph neither lists
+    # nor lets it remove yet. The clean-up must wait for Graph to catch up, not take "not found" for "removed".
+    world = make_world([{"name": "aks-a", "days": 10}], modes=LAG)
+    emulator.add_faults(
+        {"kind": "status", "surface": "arm", "operation": "resetServicePrincipalProfile", "status": 400, "times": 1}
+    )
+    world.run(3)
+    world.check()
+    live, _ = _ours(world.emulator.state())
+    records = world.records()
+    failed = [r for r in records.values() if r.state == "failed"]
+    assert failed and all(r.failure_reason for r in failed)
+    assert all(
+        any(a.step == "cleanup" and a.outcome == "removed" for a in _audit(world, r.rotation_id)) for r in failed
+    )
+    held = world.cluster("aks-a")["heldKeyId"]
+    assert [p["keyId"] for p in live] in ([held], [])  # only the password the cluster holds, if a retry rotated

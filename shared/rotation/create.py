@@ -164,9 +164,8 @@ async def step_create(run: Delivery) -> Result:
         )
         await run.audit("store", "adopted", "found the stored secret of an earlier attempt")
         return Next()
-    settled = run.row.added_at + timedelta(seconds=run.settings.graph_settle_seconds) if run.row.added_at else now
-    if now < settled:
-        return await _await_graph(run, settled - now)
+    if (waiting := await await_graph(run, "create")) is not None:
+        return waiting
     for held in mine:
         # Created by an earlier attempt whose secret never reached Key Vault: Graph never shows it again.
         await run.lease.ensure_held()
@@ -214,15 +213,19 @@ async def step_create(run: Delivery) -> Result:
     return await _store(run, chosen, new)
 
 
-async def _await_graph(run: Delivery, left: timedelta) -> Wait:
-    """An earlier attempt sent addPassword moments ago and its secret never reached Key Vault. Microsoft Graph is
-    eventually consistent: its reads may not list that password yet, nor removePassword find it, so what looks
-    like "nothing left over" may be a password that would then be left behind next to a second one. Look again
-    once Graph has caught up (GRAPH_SETTLE_SECONDS; docs/emulator.md, mode `graph_remove_lag`)."""
+async def await_graph(run: Delivery, step: str) -> Wait | None:
+    """An attempt of this rotation sent addPassword moments ago. Microsoft Graph is eventually consistent: its reads
+    may not list that password yet, nor removePassword find it, so what looks like "nothing left over" (create) or
+    "nothing to remove" (cleanup) may be a password that would be left behind. Look again once Graph has caught up
+    (GRAPH_SETTLE_SECONDS; docs/emulator.md, mode `graph_remove_lag`). None: Graph has settled."""
+    added = run.row.added_at
+    left = added + timedelta(seconds=run.settings.graph_settle_seconds) - run.now() if added else None
+    if left is None or left <= timedelta(0):
+        return None
     delay = int(left.total_seconds()) + 1
-    detail = f"create: an earlier attempt added a password; waiting {delay} s for Microsoft Graph to list it"
+    detail = f"{step}: this rotation added a password moments ago; waiting {delay} s for Microsoft Graph to list it"
     await run.requeue(delay, state=RotationState.RUNNING, detail=detail)
-    await run.audit("create", "waiting", detail)
+    await run.audit(step, "waiting", detail)
     return Wait(delay, detail)
 
 

@@ -17,7 +17,7 @@ from shared.graph import AppCredentials
 from shared.logs import alert, log_event, redact
 from shared.messages import CredentialKind
 from shared.record import Phase, RotationRecord, RotationState
-from shared.rotation.create import abandon_version, lookup
+from shared.rotation.create import abandon_version, await_graph, lookup
 from shared.rotation.delivery import Delivery
 from shared.rotation.foreign import Verdict, decide, last_switch, too_soon
 from shared.rotation.phases import failure_may_clean_up
@@ -182,6 +182,8 @@ async def _report_foreign(run: Delivery, key: str, ends: datetime | None, reason
 async def step_cleanup(run: Delivery) -> Result:
     """Remove every password this rotation created and abandon its Key Vault versions, then fail the row."""
     deps, row = run.deps, run.row
+    if row.app_id and (waiting := await await_graph(run, "cleanup")) is not None:
+        return waiting
     if row.app_id:
         try:
             creds = await lookup(run)
