@@ -120,6 +120,9 @@ def draw_plan(seed: int, run_days: float) -> Plan:
         modes["operation_url_form"] = rng.choice([f for f in URL_FORMS if f != "default"])
     if rng.random() < 0.3:
         modes["graph_read_lag_seconds"] = float(rng.choice((2, 10, 30)))
+        # Drawn apart from `rng` so that adding this mode left every other draw of a seed unchanged.
+        if random.Random(seed * 7919).random() < 0.5:
+            modes["graph_remove_lag"] = True
     plan = Plan(seed, run_days, clusters, modes)
     last = max(run_days * 24 - 72, 13)
     apps = sorted({c["app"] for c in clusters if not c.get("msi")})
