@@ -142,6 +142,16 @@ async def step_retire(run: Delivery) -> Result:
 
 async def step_cleanup(run: Delivery) -> Result:
     """Remove every password this rotation created and abandon its Key Vault versions, then fail the row."""
+    row = run.row
+    await remove_created(run)
+    await run.save(state=RotationState.FAILED, phase=row.failed_phase or Phase.CLEANUP, not_before=None)
+    await alert_failed(run, row.failure_reason or "failed")
+    return Done("failed")
+
+
+async def remove_created(run: Delivery) -> None:
+    """Remove every password this rotation created and abandon its pending Key Vault versions (only where the
+    cluster cannot hold them: the callers decide)."""
     deps, row = run.deps, run.row
     if row.app_id:
         try:
@@ -157,9 +167,6 @@ async def step_cleanup(run: Delivery) -> Result:
             if version.labels.rotation_id == run.rid and version.labels.state is VersionState.PENDING:
                 await abandon_version(deps, run.secret_name, version.version)
                 await run.audit("cleanup", "abandoned", f"Key Vault version {version.version} abandoned and disabled")
-    await run.save(state=RotationState.FAILED, phase=row.failed_phase or Phase.CLEANUP, not_before=None)
-    await alert_failed(run, row.failure_reason or "failed")
-    return Done("failed")
 
 
 async def alert_failed(run: Delivery, reason: str) -> None:
