@@ -234,3 +234,19 @@ def test_role_assignment_lists_at_scope_and_refusals(emulator: EmulatorControl, 
         assert missing.value.status == 404 and missing.value.code == "ResourceNotFound"
 
     _run(emu_settings, work)
+
+
+def test_retirement_removes_only_the_products_passwords() -> None:
+    """Once no cluster uses the application: what the product created goes, anything else stays (reported)."""
+    from shared.credentials import HeldPassword
+    from shared.graph import PasswordInfo
+
+    def held(key: str, name: str | None, holder: Any = "application") -> HeldPassword:
+        return HeldPassword(holder, "obj", PasswordInfo(key, name, None, None, None))
+
+    ours = held("A1B2C3D4-0000-0000-0000-000000000001", "aks-rotator " + "1" * 32)
+    on_sp = held("a1b2c3d4-0000-0000-0000-000000000002", "aks-rotator " + "2" * 32, "servicePrincipal")
+    foreign = [held("a1b2c3d4-0000-0000-0000-000000000003", "pipeline"), held("a1b2c3d4-0000-0000-0000-4", None)]
+    remove, keep = rules.retirement([ours, *foreign, on_sp])
+    assert (remove, keep) == ([ours, on_sp], foreign)
+    assert rules.retirement(foreign) == ([], foreign)

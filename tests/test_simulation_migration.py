@@ -19,7 +19,8 @@ from shared.azure import product_credential
 from shared.graph import GraphOps
 from shared.migration.arm import MigrationArm
 from shared.migration.collect import Sources
-from shared.migration.execute import Executor, Phase, Step, application_id
+from shared.migration.execute import Executor, Phase, Step
+from shared.migration.retire import application_id
 from shared.store import RotationStore
 from shared.windows import SettingWindow
 from tests.support import migration
@@ -149,8 +150,10 @@ def test_an_estate_migrates_with_no_outage_and_no_lost_permission(emulator: Emul
     assert kinds.count("updateIdentity") == 4 and kinds.count("upgradeNodeImageVersion") == 9  # nothing twice
     apps = {c["clientId"] for c in initial["clusters"]} - {"msi"}
     reports = [r for app in apps for r in _audit(world, application_id(app)) if r.step == Phase.RETIRE.value]
-    assert sorted(r.outcome for r in reports) == ["ready"] * 3  # one per application, once its last cluster moved
-    assert state["removedPasswords"] == []  # the applications are reported ready to delete, never stripped
+    assert [r.outcome for r in reports].count("ready") == 3  # one per application, once its last cluster moved
+    # No rotation ran (200 days): every password is the seed's, not the product's: kept and reported, none removed.
+    assert state["removedPasswords"] == [] and {r.outcome for r in reports} == {"ready", "kept"}
+    assert apps <= {app["appId"] for app in state["applications"]}  # reported ready to delete, never deleted
     progress = _progress(world)
     assert progress[0]["managed_identity"] == 5 and progress[0]["service_principal"] == 0  # the MSI cluster too
     assert progress[1] == {
@@ -193,6 +196,25 @@ def test_a_half_migrated_cluster_keeps_its_sp_secret_valid(emulator: EmulatorCon
     assert all(p["outage_seconds"] == 0 and p["heldValid"] for p in after["nodePools"])
     assert {r.state for r in world.records().values()} == {"succeeded"}
     assert app_of(doc, "aks-half")  # the application is still there, with the new secret
+    # Then the pools move: the application is retired by the rotation's rules once no cluster uses it.
+    driver = Driver(world.sim, [after["id"]])
+    driver.start()
+    world.run(16)
+    world.check()  # nothing removed that something may still use (zero outage; removals judged by the invariants)
+    state = emulator.state()
+    check_migration(state, lambda _: [SettingWindow.parse(WINDOW)]).check()
+    assert world.cluster("aks-half")["clientId"] == "msi" and driver.steps[-1].phase is Phase.DONE
+    (app,) = [a for a in state["applications"] if a["appId"] == doc["clusters"][0]["client_id"]]
+    left = app["passwordCredentials"] + app["servicePrincipal"]["passwordCredentials"]
+    assert not [p for p in left if (p["displayName"] or "").startswith("aks-rotator")]  # none of ours left behind
+    ours = [r for r in state["removedPasswords"] if r["appId"] == app["appId"] and r["createdBy"] != "seed"]
+    assert ours and all(r["displayName"].startswith("aks-rotator") for r in ours)
+    reports = _audit(world, application_id(app["appId"]))
+    assert [r.outcome for r in reports if r.step == "retire"].count("removed") == len(ours)  # one rotation's
+    assert [r.outcome for r in reports if r.step == "retire"][-1] == "ready"
+    keys = {p["keyId"].lower() for p in left}
+    versions = [v for vault in state["vaults"] for vs in vault["secrets"].values() for v in vs]
+    assert versions and all(not v["enabled"] for v in versions if v["tags"].get("key-id", "").lower() not in keys)
 
 
 def test_the_window_invariant_fails_for_a_step_outside_the_window() -> None:
