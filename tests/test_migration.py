@@ -250,3 +250,14 @@ def test_retirement_removes_only_the_products_passwords() -> None:
     remove, keep = rules.retirement([ours, *foreign, on_sp])
     assert (remove, keep) == ([ours, on_sp], foreign)
     assert rules.retirement(foreign) == ([], foreign)
+
+
+def test_a_migration_is_never_requested_over_http() -> None:
+    """The tag is the only way in: `POST /api/rotations` cannot ask for a migration (the body is refused)."""
+    from shared.messages import InvalidInput, parse_rotation_request
+
+    sub = "/subscriptions/0b1f6471-1bf0-4dda-aec3-111122223333"
+    cluster = sub + "/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/a"
+    assert parse_rotation_request(json.dumps({"cluster_id": cluster})).kind == "sp_secret"
+    with pytest.raises(InvalidInput, match="opted into by the cluster's tag"):
+        parse_rotation_request(json.dumps({"cluster_id": cluster, "kind": "migration"}))
