@@ -379,12 +379,13 @@ def test_alert_with_exception_is_redacted(stream: io.StringIO) -> None:
     assert CANARY not in stream.getvalue()
 
 
-def test_alert_events_are_the_documented_five() -> None:
+def test_alert_events_are_the_documented_six() -> None:
     assert {
         "rotation.failed",
         "rotation.poison",
         "rotation.blocked",
         "credential.overdue",
         "keyvault.secret_expired",
+        "migration.failed",
     } == ALERT_EVENTS
     assert ALERT_EVENTS | {"rotation.urgent", "input.rejected"} == ALERTED_EVENTS

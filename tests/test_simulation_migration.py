@@ -257,8 +257,8 @@ def test_a_failed_node_image_upgrade_alerts_and_a_rerun_finishes(emulator: Emula
     driver.start()
     world.run(8)
     assert driver.steps[-1].phase is Phase.FAILED and not driver.due  # stopped: a person acts
-    alerts = [a for a in world.sim.alerts.about(cluster_id) if a.fields.get("migration")]
-    assert len(alerts) == 1 and "ended Failed" in alerts[0].message
+    alerts = world.sim.alerts.about(cluster_id)
+    assert [a.event for a in alerts] == ["migration.failed"] and "ended Failed" in alerts[0].message
     assert [p["usesSecret"] for p in world.cluster("aks-flaky")["nodePools"]] == [True, True]  # still on the SP
     driver.due[cluster_id] = world.sim.now()  # the administrator runs `migrate --execute` again
     driver.start()

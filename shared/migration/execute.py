@@ -11,7 +11,7 @@ re-check), and audits what it did under the migration's id. Order, and why:
 5. verify: `identityProfile.kubeletidentity` present and `servicePrincipalProfile.clientId == "msi"`; then, when no
    visible cluster uses the application any more, retire it (`retire.py`: its product-created passwords removed,
    their Key Vault versions disabled) and report it ready to delete (never delete it).
-A failure (a failed LRO, a refused request, a blocker) alerts `rotation.blocked` with `migration=True`.
+A failure (a failed LRO, a refused request, a blocker) alerts `migration.failed` (once per reason).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from shared.aks import AksError, ClusterBusy, ClusterInfo, ClusterNotFound, cluster_info
 from shared.inventory import inventory
-from shared.logs import alert
+from shared.logs import EVENT_MIGRATION_FAILED, alert
 from shared.migration.arm import Assignment
 from shared.migration.collect import Sources, collect, sharing_clusters, window_of
 from shared.migration.plan import ClusterPlan, Grant, Stage, stage_of
@@ -111,10 +111,9 @@ class Executor:
             await self._audit(cluster_id, phase, "failed", reason)
             alert(
                 log,
-                "rotation.blocked",
+                EVENT_MIGRATION_FAILED,
                 f"migration of {cluster_id} stopped at {phase}: {reason}",
                 cluster_id=cluster_id,
-                migration=True,
             )
         return Step(cluster_id, Phase.FAILED, reason)
 
