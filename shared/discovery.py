@@ -803,8 +803,8 @@ async def scan(
         if queue:
             with run.stage("queue"):
                 candidates = await _queue(run, candidates, credential, dry_run, correlation_id)
-                if not dry_run:  # clusters opted into migration by tag (shared.migration.opt_in)
-                    await submit_tagged(settings, source.migrate, credential, correlation_id)
+        if not dry_run:  # clusters opted into migration by tag (shared.migration.opt_in); a shard submits its own
+            await submit_tagged(settings, source.migrate, credential, correlation_id)
         sink.settle(candidates)
     report = ScanReport(
         findings=display_sorted(sink.kept),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from shared.credentials import passwords
+from shared.credentials import passwords, product_created
 from shared.logs import log_event
 from shared.migration.collect import Sources
 from shared.migration.plan import retirement
@@ -42,10 +42,21 @@ async def retire_application(src: Sources, store: RotationStore, app_id: str, cl
     creds = (await src.graph.lookup_apps([app_id])).get(app_id.lower())
     held = passwords(creds) if creds is not None else []
     remove, keep = retirement(held)
+    for h in list(remove):
+        # A rotation still in progress (overtaken by the migration) removes its own new password when it ends.
+        rotation_id = product_created(h.password)
+        row = await store.get(rotation_id) if rotation_id else None
+        if row is not None and not row.terminal:
+            remove.remove(h)
+            keep.append(h)
+            detail = f"left {h.password.key_id} to rotation {row.rotation_id}, still in progress: it removes it"
+            await store.audit(partition, STEP, "left_to_rotation", detail)
     for h in remove:
         await src.graph.remove_password(h.holder, h.object_id, h.password.key_id)
         await store.audit(partition, STEP, "removed", f"removed the product's password {h.password.key_id}")
     for h in keep:
+        if product_created(h.password) is not None:
+            continue  # left to its rotation (above)
         ends = f"; it expires {h.password.end:%Y-%m-%d}" if h.password.end else ""
         detail = f"kept {h.password.key_id}: not created by the product, something else may use it{ends}"
         await store.audit(partition, STEP, "kept", detail)
@@ -61,8 +72,8 @@ async def retire_application(src: Sources, store: RotationStore, app_id: str, cl
                     disabled += 1
     detail = (
         f"application {app_id}: no visible cluster uses it; removed {len(remove)} password(s) the product created, "
-        f"kept {len(keep)} it did not, disabled {disabled} Key Vault version(s); ready to delete after checking its "
-        "sign-ins"
+        f"kept {len(keep)} (not the product's, or a rotation's in progress), disabled {disabled} Key Vault "
+        "version(s); ready to delete after checking its sign-ins"
     )
     await store.audit(partition, STEP, "ready", detail, cluster_id=cluster_id, app_id=app_id)
     log_event(log, logging.WARNING, "migration.app_ready", detail, cluster_id=cluster_id, app_id=app_id)
