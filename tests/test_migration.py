@@ -261,3 +261,32 @@ def test_a_migration_is_never_requested_over_http() -> None:
     assert parse_rotation_request(json.dumps({"cluster_id": cluster})).kind == "sp_secret"
     with pytest.raises(InvalidInput, match="opted into by the cluster's tag"):
         parse_rotation_request(json.dumps({"cluster_id": cluster, "kind": "migration"}))
+
+
+def test_a_migration_message_nobody_submitted_changes_nothing(
+    emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
+) -> None:
+    """The queue is not a command channel for migrations either: a well-formed migration message for a real SP
+    cluster, with no row `submit` wrote (the scan submits only tagged clusters), is rejected; nothing moves."""
+    from shared.messages import CredentialKind, new_rotation_message
+    from shared.queues import RotationQueues
+    from tests.support.engine import make_settings, run_until_idle
+
+    emulator.reset(migration.estate([{"name": "aks-vnet", "vnet": True}]))
+    settings = make_settings(emulator, azurite, storage_names)
+    before = emulator.state()
+    cluster = before["clusters"][0]
+    forged = new_rotation_message(
+        cluster_id=cluster["id"], kind=CredentialKind.MIGRATION, reason="on_demand", app_id=cluster["clientId"]
+    )
+
+    async def send() -> None:
+        async with RotationQueues(settings) as queues:
+            await queues.ensure()
+            await queues.send(forged.to_json())
+
+    asyncio.run(send())
+    report = asyncio.run(run_until_idle(settings))
+    after = emulator.state()
+    assert report.actions == {"rejected": 1}
+    assert after["operations"] == before["operations"] and after["clusters"][0]["clientId"] == cluster["clientId"]
