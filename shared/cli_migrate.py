@@ -14,12 +14,12 @@ from rich.console import Console
 from shared import clock
 from shared.aks import AksClient
 from shared.azure import product_credential
-from shared.cluster_tags import tag_set
 from shared.graph import GraphOps
 from shared.inventory import inventory
 from shared.migration.arm import MigrationArm
 from shared.migration.collect import Collected, Sources, collect
 from shared.migration.execute import Executor, Step, migration_id
+from shared.migration.opt_in import MIGRATE_TAG, opted_in
 from shared.migration.plan import ClusterPlan, Stage
 from shared.migration.rights import check_rights
 from shared.settings import Settings
@@ -27,7 +27,6 @@ from shared.store import RotationStore
 
 out = Console(highlight=False, soft_wrap=True)
 EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
-MIGRATE_TAG = "aks-rotator-migrate"  # opt-in: `migrate --execute --tagged` migrates SP clusters that carry it
 
 
 async def _with_sources(settings: Settings, work: Any) -> Any:
@@ -106,7 +105,7 @@ async def execute(src: Sources, cluster_id: str, wait_seconds: float, identity: 
 async def tagged(src: Sources) -> list[str]:
     """SP clusters opted in to migration by the `aks-rotator-migrate` tag."""
     listing = await inventory(src.settings, src.credential, src.aks)
-    return [c.id for c in listing.clusters if c.sp_client_id and tag_set(c.tags, MIGRATE_TAG)]
+    return [c.id for c in listing.clusters if opted_in(c)]
 
 
 async def execute_all(

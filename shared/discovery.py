@@ -44,6 +44,7 @@ from shared.messages import (
     new_correlation_id,
     new_rotation_message,
 )
+from shared.migration.opt_in import opted_in, submit_tagged
 from shared.migration.plan import count_stages
 from shared.power import stopped_advice, stopped_clusters
 from shared.resource_graph import (
@@ -807,6 +808,8 @@ async def scan(
         if queue:
             with run.stage("queue"):
                 candidates = await _queue(run, candidates, credential, dry_run, correlation_id)
+        if not dry_run:  # clusters opted into migration by tag (shared.migration.opt_in); a shard submits its own
+            await submit_tagged(settings, source.migrate, credential, correlation_id)
         sink.settle(candidates)
     report = ScanReport(
         findings=display_sorted(sink.kept),
@@ -849,6 +852,7 @@ class _ClusterSource:
         self.clusters = 0
         self.used_fallback = False
         self.migration = count_stages({}, [])
+        self.migrate: list[ClusterInfo] = []  # opted into migration by tag (shared.migration.opt_in)
         self._seen: set[str] = set()  # cluster keys yielded: ids only, the clusters themselves are let go
         self._seen_subscriptions: set[str] = set()
         self._listed_subscriptions: int | None = None
@@ -870,6 +874,7 @@ class _ClusterSource:
                 out.append(cluster)
         self.clusters += len(out)
         count_stages(self.migration, out)
+        self.migrate += [c for c in out if opted_in(c)]
         return out
 
     async def pages(self) -> AsyncIterator[list[ClusterInfo]]:

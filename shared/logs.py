@@ -37,6 +37,7 @@ __all__ = [
     "EVENT_CREDENTIAL_OVERDUE",
     "EVENT_INPUT_REJECTED",
     "EVENT_KEYVAULT_SECRET_EXPIRED",
+    "EVENT_MIGRATION_FAILED",
     "EVENT_ROTATION_BLOCKED",
     "EVENT_ROTATION_FAILED",
     "EVENT_ROTATION_POISON",
@@ -69,6 +70,7 @@ EVENT_KEYVAULT_SECRET_EXPIRED: Final = "keyvault.secret_expired"  # noqa: S105 (
 EVENT_ROTATION_BLOCKED: Final = "rotation.blocked"  # waiting on something only a person can fix, or kept both
 EVENT_INPUT_REJECTED: Final = "input.rejected"  # log_event at WARNING, not an alert
 EVENT_ROTATION_URGENT: Final = "rotation.urgent"  # applied outside the maintenance window (rotation.py)
+EVENT_MIGRATION_FAILED: Final = "migration.failed"  # a migration to managed identity stopped: a person acts
 
 AlertEvent = Literal[
     "rotation.failed",
@@ -77,6 +79,7 @@ AlertEvent = Literal[
     "rotation.blocked",
     "credential.overdue",
     "keyvault.secret_expired",
+    "migration.failed",
 ]
 ALERT_EVENTS: Final = frozenset(
     {
@@ -86,6 +89,7 @@ ALERT_EVENTS: Final = frozenset(
         EVENT_ROTATION_BLOCKED,
         EVENT_CREDENTIAL_OVERDUE,
         EVENT_KEYVAULT_SECRET_EXPIRED,
+        EVENT_MIGRATION_FAILED,
     }
 )
 # Every event an alert rule in infra/app/alerts.bicep watches: the alert-level records plus two that are not failures

@@ -82,13 +82,16 @@ class CredentialKind(enum.StrEnum):
     SP_SECRET = "sp_secret"  # noqa: S105 (a kind name, not a secret)
     CLUSTER_CERTIFICATE = "cluster_certificate"
     AAD_SERVER_SECRET = "aad_server_secret"  # noqa: S105
+    MIGRATION = "migration"  # to managed identity: submitted by the scan for tagged clusters (shared.migration)
 
     @property
     def queueable(self) -> bool:
         return self in QUEUED_KINDS
 
 
-QUEUED_KINDS: Final = frozenset({CredentialKind.SP_SECRET, CredentialKind.CLUSTER_CERTIFICATE})
+QUEUED_KINDS: Final = frozenset(
+    {CredentialKind.SP_SECRET, CredentialKind.CLUSTER_CERTIFICATE, CredentialKind.MIGRATION}
+)
 
 
 class InvalidInput(ValueError):
@@ -254,8 +257,15 @@ def _check_queueable(value: CredentialKind) -> CredentialKind:
     return value
 
 
+def _check_requestable(value: CredentialKind) -> CredentialKind:
+    if value is CredentialKind.MIGRATION:
+        raise ValueError("migration is opted into by the cluster's tag, never requested")
+    return _check_queueable(value)
+
+
 ClusterId = Annotated[str, AfterValidator(_check_cluster_id)]
 QueuedKind = Annotated[CredentialKind, AfterValidator(_check_queueable)]
+RequestedKind = Annotated[CredentialKind, AfterValidator(_check_requestable)]
 
 
 class RotationMessage(BaseModel):
@@ -320,7 +330,7 @@ class RotationRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     cluster_id: ClusterId
-    kind: QueuedKind = CredentialKind.SP_SECRET
+    kind: RequestedKind = CredentialKind.SP_SECRET
     reason: Literal["on_demand"] = "on_demand"
 
     @property

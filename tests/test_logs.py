@@ -387,5 +387,6 @@ def test_alert_events_are_the_documented_six() -> None:
         "rotation.blocked",
         "credential.overdue",
         "keyvault.secret_expired",
+        "migration.failed",
     } == ALERT_EVENTS
     assert ALERT_EVENTS | {"rotation.urgent", "input.rejected"} == ALERTED_EVENTS

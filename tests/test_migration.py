@@ -234,3 +234,59 @@ def test_role_assignment_lists_at_scope_and_refusals(emulator: EmulatorControl, 
         assert missing.value.status == 404 and missing.value.code == "ResourceNotFound"
 
     _run(emu_settings, work)
+
+
+def test_retirement_removes_only_the_products_passwords() -> None:
+    """Once no cluster uses the application: what the product created goes, anything else stays (reported)."""
+    from shared.credentials import HeldPassword
+    from shared.graph import PasswordInfo
+
+    def held(key: str, name: str | None, holder: Any = "application") -> HeldPassword:
+        return HeldPassword(holder, "obj", PasswordInfo(key, name, None, None, None))
+
+    ours = held("A1B2C3D4-0000-0000-0000-000000000001", "aks-rotator " + "1" * 32)
+    on_sp = held("a1b2c3d4-0000-0000-0000-000000000002", "aks-rotator " + "2" * 32, "servicePrincipal")
+    foreign = [held("a1b2c3d4-0000-0000-0000-000000000003", "pipeline"), held("a1b2c3d4-0000-0000-0000-4", None)]
+    remove, keep = rules.retirement([ours, *foreign, on_sp])
+    assert (remove, keep) == ([ours, on_sp], foreign)
+    assert rules.retirement(foreign) == ([], foreign)
+
+
+def test_a_migration_is_never_requested_over_http() -> None:
+    """The tag is the only way in: `POST /api/rotations` cannot ask for a migration (the body is refused)."""
+    from shared.messages import InvalidInput, parse_rotation_request
+
+    sub = "/subscriptions/0b1f6471-1bf0-4dda-aec3-111122223333"
+    cluster = sub + "/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/a"
+    assert parse_rotation_request(json.dumps({"cluster_id": cluster})).kind == "sp_secret"
+    with pytest.raises(InvalidInput, match="opted into by the cluster's tag"):
+        parse_rotation_request(json.dumps({"cluster_id": cluster, "kind": "migration"}))
+
+
+def test_a_migration_message_nobody_submitted_changes_nothing(
+    emulator: EmulatorControl, azurite: Azurite, storage_names: StorageNames
+) -> None:
+    """The queue is not a command channel for migrations either: a well-formed migration message for a real SP
+    cluster, with no row `submit` wrote (the scan submits only tagged clusters), is rejected; nothing moves."""
+    from shared.messages import CredentialKind, new_rotation_message
+    from shared.queues import RotationQueues
+    from tests.support.engine import make_settings, run_until_idle
+
+    emulator.reset(migration.estate([{"name": "aks-vnet", "vnet": True}]))
+    settings = make_settings(emulator, azurite, storage_names)
+    before = emulator.state()
+    cluster = before["clusters"][0]
+    forged = new_rotation_message(
+        cluster_id=cluster["id"], kind=CredentialKind.MIGRATION, reason="on_demand", app_id=cluster["clientId"]
+    )
+
+    async def send() -> None:
+        async with RotationQueues(settings) as queues:
+            await queues.ensure()
+            await queues.send(forged.to_json())
+
+    asyncio.run(send())
+    report = asyncio.run(run_until_idle(settings))
+    after = emulator.state()
+    assert report.actions == {"rejected": 1}
+    assert after["operations"] == before["operations"] and after["clusters"][0]["clientId"] == cluster["clientId"]

@@ -60,6 +60,14 @@ var rules = [
     description: 'Key Vault reported SecretExpired for a secret the rotator manages. See docs/operations.md.'
   }
   {
+    name: 'migration-failed'
+    event: 'migration.failed'
+    severity: 2
+    frequency: 'PT15M'
+    window: 'PT1H'
+    description: 'A migration to managed identity stopped (failed operation, refused request or blocker); the cluster keeps its SP secret, rotated as before. See docs/operations.md.'
+  }
+  {
     name: 'urgent'
     event: 'rotation.urgent'
     severity: 2

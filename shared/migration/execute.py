@@ -9,8 +9,9 @@ re-check), and audits what it did under the migration's id. Order, and why:
 4. node pools: one node image upgrade at a time, inside the window unless the SP credential is urgent; until the
    last one, kubelet on the other pools still uses the SP secret, which the rotation engine keeps rotating;
 5. verify: `identityProfile.kubeletidentity` present and `servicePrincipalProfile.clientId == "msi"`; then, when no
-   visible cluster uses the application any more, report it ready to delete (never delete it).
-A failure (a failed LRO, a refused request, a blocker) alerts `rotation.blocked` with `migration=True`.
+   visible cluster uses the application any more, retire it (`retire.py`: its product-created passwords removed,
+   their Key Vault versions disabled) and report it ready to delete (never delete it).
+A failure (a failed LRO, a refused request, a blocker) alerts `migration.failed` (once per reason).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any
 
 from shared.aks import AksError, ClusterBusy, ClusterInfo, ClusterNotFound, cluster_info
 from shared.inventory import inventory
-from shared.logs import alert, log_event
+from shared.logs import EVENT_MIGRATION_FAILED, alert
 from shared.migration.arm import Assignment
 from shared.migration.collect import Sources, collect, sharing_clusters, window_of
 from shared.migration.plan import ClusterPlan, Grant, Stage, stage_of
+from shared.migration.retire import note_moved, retire_application
 from shared.store import RotationStore
 
 log = logging.getLogger(__name__)
@@ -59,11 +61,6 @@ class Step:
 
 def migration_id(cluster_id: str) -> str:
     return "migration-" + str(uuid.uuid5(uuid.NAMESPACE_URL, cluster_id.lower()))
-
-
-def application_id(app_id: str) -> str:
-    """The audit partition of an application's migration reports."""
-    return "migration-app-" + app_id.lower()
 
 
 def _pending(trail: list[Any]) -> list[Any]:
@@ -114,10 +111,9 @@ class Executor:
             await self._audit(cluster_id, phase, "failed", reason)
             alert(
                 log,
-                "rotation.blocked",
+                EVENT_MIGRATION_FAILED,
                 f"migration of {cluster_id} stopped at {phase}: {reason}",
                 cluster_id=cluster_id,
-                migration=True,
             )
         return Step(cluster_id, Phase.FAILED, reason)
 
@@ -239,6 +235,7 @@ class Executor:
         app_id = next((str(r.fields.get("app_id")) for r in trail if r.fields.get("app_id")), "")
         if not app_id:
             return Step(cluster_id, Phase.DONE, "on managed identity")
+        await note_moved(self.store, app_id, cluster_id)
         listing = await inventory(self.src.settings, self.src.credential, self.src.aks)
         users = sharing_clusters(listing.clusters, app_id)
         if users:
@@ -247,9 +244,5 @@ class Executor:
                 Phase.DONE,
                 f"on managed identity; application {app_id} still used by {len(users)} cluster(s)",
             )
-        partition = application_id(app_id)  # one report per application, whichever cluster moved last
-        if not any(r.step == Phase.RETIRE.value for r in await self.store.audit_log(partition)):
-            detail = f"application {app_id}: no visible cluster uses it; ready to delete after checking its sign-ins"
-            await self.store.audit(partition, Phase.RETIRE.value, "ready", detail, cluster_id=cluster_id, app_id=app_id)
-            log_event(log, logging.WARNING, "migration.app_ready", detail, cluster_id=cluster_id, app_id=app_id)
+        await retire_application(self.src, self.store, app_id, cluster_id)  # once, whichever cluster moved last
         return Step(cluster_id, Phase.DONE, f"on managed identity; application {app_id} ready to delete")

@@ -12,6 +12,8 @@ from datetime import datetime
 from enum import StrEnum
 
 from shared.aks import ClusterInfo
+from shared.credentials import HeldPassword, product_created
+from shared.rotation.plan import retire_candidates
 
 IRREVERSIBLE = (
     "Once a cluster runs on a managed identity it cannot switch back to a service principal; keep the "
@@ -285,3 +287,13 @@ def build(
     if stage is not Stage.MANAGED_IDENTITY:
         plan.blockers.append(Blocker(APP_VISIBILITY, False))
     return plan
+
+
+def retirement(held: Sequence[HeldPassword]) -> tuple[list[HeldPassword], list[HeldPassword]]:
+    """(remove, keep) among an application's passwords once no cluster may hold any of them. The rotation's retire
+    rule (`retire_candidates`): the keys the product knows it created go; foreign ones stay and are reported —
+    something the product cannot see (a script, a pipeline) may sign in with them."""
+    present = {h.password.key_id.lower(): h for h in held}
+    ours = [h.password.key_id for h in held if product_created(h.password) is not None]
+    remove = [present[key] for key in retire_candidates(ours, None, present)]
+    return remove, [h for h in held if h not in remove]

@@ -25,6 +25,7 @@ from shared.logs import EVENT_ROTATION_BLOCKED, alert, log_event
 from shared.messages import CredentialKind
 from shared.record import Phase, RotationState
 from shared.rotation.delivery import Delivery
+from shared.rotation.finish import remove_created
 from shared.rotation.plan import is_urgent, urgent_point
 from shared.rotation.results import Done, Failure, Next, Result, Wait
 from shared.rotation.waits import STOPPED_RECHECK, blocked, stopped_reason, waited_long
@@ -135,6 +136,8 @@ async def step_apply(run: Delivery) -> Result:
         if not certificates_opted_in(run.settings, cluster):
             raise Failure("certificate rotation: the cluster is not opted in", cleanup=False)
     elif (cluster.sp_client_id or "").lower() != (row.app_id or "").lower():
+        if cluster.sp_client_id is None and not cluster.kubelet_on_sp and not row.cluster_may_hold_new:
+            return await _overtaken(run)
         raise Failure(f"apply: the cluster no longer uses application {row.app_id}")
     if opted_out(run.settings, cluster) and not row.cluster_may_hold_new:
         raise Failure(f"the cluster was opted out ({run.settings.opt_out_tag}) before the reset: nothing was applied")
@@ -191,6 +194,19 @@ async def step_apply(run: Delivery) -> Result:
     delay = run.settings.lro_poll_seconds
     await run.requeue(delay, state=RotationState.RUNNING, detail="waiting for the AKS operation")
     return Wait(delay, "waiting for the AKS operation")
+
+
+async def _overtaken(run: Delivery) -> Result:
+    """The cluster moved to managed identity (a migration finished) before the reset: no part of it uses a secret
+    any more, so the rotation has nothing to do. Its unused new password goes (nothing can hold it) and it ends
+    quietly, skipped, with the reason in the audit: the credential problem ended, no one needs to act."""
+    if (waiting := await remove_created(run)) is not None:
+        return waiting
+    await run.save(state=RotationState.SUCCEEDED, phase=Phase.SKIPPED, not_before=None)
+    detail = f"the cluster moved to managed identity before the reset; application {run.row.app_id} not applied"
+    await run.audit("apply", "obsolete", detail)
+    log_event(log, logging.INFO, "rotation.obsolete", detail, rotation_id=run.rid, cluster_id=run.row.cluster_id)
+    return Done("obsolete: the cluster is on managed identity")
 
 
 async def _answered(

@@ -181,6 +181,17 @@ async def _report_foreign(run: Delivery, key: str, ends: datetime | None, reason
 
 async def step_cleanup(run: Delivery) -> Result:
     """Remove every password this rotation created and abandon its Key Vault versions, then fail the row."""
+    row = run.row
+    if (waiting := await remove_created(run)) is not None:
+        return waiting
+    await run.save(state=RotationState.FAILED, phase=row.failed_phase or Phase.CLEANUP, not_before=None)
+    await alert_failed(run, row.failure_reason or "failed")
+    return Done("failed")
+
+
+async def remove_created(run: Delivery) -> Wait | None:
+    """Remove every password this rotation created and abandon its pending Key Vault versions (only where the
+    cluster cannot hold them: the callers decide). A Wait while Graph may not list a password added moments ago."""
     deps, row = run.deps, run.row
     if row.app_id and (waiting := await await_graph(run, "cleanup")) is not None:
         return waiting
@@ -198,9 +209,7 @@ async def step_cleanup(run: Delivery) -> Result:
             if version.labels.rotation_id == run.rid and version.labels.state is VersionState.PENDING:
                 await abandon_version(deps, run.secret_name, version.version)
                 await run.audit("cleanup", "abandoned", f"Key Vault version {version.version} abandoned and disabled")
-    await run.save(state=RotationState.FAILED, phase=row.failed_phase or Phase.CLEANUP, not_before=None)
-    await alert_failed(run, row.failure_reason or "failed")
-    return Done("failed")
+    return None
 
 
 async def alert_failed(run: Delivery, reason: str) -> None:

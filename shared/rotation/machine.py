@@ -6,7 +6,7 @@
 Every phase is idempotent and its outcome is saved (ETag-guarded row) before the next one starts; the message
 carries only ids, the step and an attempt number, never a secret. A phase that has to wait re-queues its own
 message with a visibility delay instead of holding the invocation open. What each phase means: `phases.PHASES`;
-which function handles it: `HANDLERS` below.
+which function handles it: `HANDLERS` below (a migration, kind `migration`: `shared.migration.queued`).
 """
 
 from __future__ import annotations
@@ -83,6 +83,10 @@ async def advance(run: Delivery) -> StepOutcome:
             await run.save(phase=Phase.APPLY, state=RotationState.RUNNING)
             continue
         handler = HANDLERS.get(phase)
+        if run.row.kind is CredentialKind.MIGRATION:
+            from shared.migration.queued import step_migrate  # late: migration imports the rotation's rules
+
+            handler = step_migrate
         if handler is None:
             raise RuntimeError(f"rotation {run.rid} is at phase {phase!r}, which has no handler")
         step = handler.__name__.removeprefix("step_")
