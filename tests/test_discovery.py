@@ -19,7 +19,7 @@ from emulator.sandbox import EmulatorControl, settings_env
 from shared import discovery
 from shared.aks import CLIENTS_KEPT, AksClient
 from shared.azure import product_credential
-from shared.discovery import DiscoveryError, Finding, ScanReport
+from shared.discovery import DiscoveryError, Finding, ScanReport, stream
 from shared.messages import parse_message
 from shared.queues import RotationQueues
 from shared.record import RotationState
@@ -499,8 +499,8 @@ def test_key_vault_listing_pages(emulator: EmulatorControl, azurite: Azurite, st
 
 def test_collector_threshold_is_raised_while_scans_run_and_restored_after_the_last() -> None:
     before = gc.get_threshold()
-    with discovery._Collections.fewer():
-        with discovery._Collections.fewer():
+    with stream._Collections.fewer():
+        with stream._Collections.fewer():
             assert gc.get_threshold()[0] == max(before[0], discovery.GC_THRESHOLD)
         assert gc.get_threshold()[0] == max(before[0], discovery.GC_THRESHOLD)  # another scan still runs
     assert gc.get_threshold() == before

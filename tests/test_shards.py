@@ -16,7 +16,8 @@ from emulator.sandbox import EmulatorControl
 from shared import clock, discovery, shards
 from shared.aks import AksClient
 from shared.azure import product_credential
-from shared.discovery import Finding, ScanReport
+from shared.discovery import Finding, ScanReport, collect, queueing
+from shared.discovery.context import Scan
 from shared.graph import GraphOps
 from shared.resource_graph import query_clusters
 from shared.settings import Settings
@@ -31,7 +32,7 @@ CAP = 12
 async def _reference(settings: Settings, dry_run: bool) -> list[Finding]:
     """The batch scan: all clusters in one list, every application, Key Vault record and CA expiry, then one
     decision over the list and one queue step, from discovery's own building blocks."""
-    run = discovery._Scan(settings, clock.now(), None)
+    run = Scan(settings, clock.now(), None)
     credential = product_credential(settings)
     try:
         async with AksClient(settings, credential, **FAST) as aks, GraphOps(settings, credential) as graph:
@@ -40,12 +41,12 @@ async def _reference(settings: Settings, dry_run: bool) -> list[Finding]:
                 {c.sp_client_id.lower() for c in clusters if c.sp_client_id}
                 | {c.legacy_aad_server_app_id.lower() for c in clusters if c.legacy_aad_server_app_id}
             )
-            apps = await discovery._applications(run, graph, credential, app_ids)
-            listed = await discovery._vault_listing(run, credential, FAST)
-            keys = await discovery._vault_keys(run, credential, clusters, listed, FAST)
-            certificates = await discovery._certificates(run, aks, clusters)
+            apps = await collect.applications(run, graph, credential, app_ids)
+            listed = await collect.vault_listing(run, credential, FAST)
+            keys = await collect.vault_keys(run, credential, clusters, listed, FAST)
+            certificates = await collect.certificates(run, aks, clusters)
             findings = discovery.decide(run, clusters, apps, keys, certificates)
-            return await discovery._queue(run, findings, credential, dry_run, "reference")
+            return await queueing.queue_findings(run, findings, credential, dry_run, "reference")
     finally:
         await credential.close()
 
