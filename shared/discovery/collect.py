@@ -21,7 +21,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
 
 from shared.aks import AksClient, AksError, AuthorizationFailed, ClusterInfo, ClusterNotFound
-from shared.azure import GRAPH_AUDIENCE, secret_client
+from shared.azure import graph_scope, secret_client
 from shared.cluster_tags import certificates_opted_in
 from shared.discovery.context import DiscoveryError, Scan
 from shared.graph import AppCredentials, GraphAuthorizationError, GraphError, GraphOps
@@ -80,11 +80,12 @@ async def arm_inventory(run: Scan, aks: AksClient, allow: list[str] | None) -> t
 
 
 # -- applications ----------------------------------------------------------------------------------------------
-async def warm_graph_token(credential: AsyncTokenCredential) -> None:
+async def warm_graph_token(credential: AsyncTokenCredential, settings: Settings) -> None:
     """Fetch the Graph token once before the concurrent `$batch` requests: each of them would otherwise miss the
-    empty token cache and fetch its own. (The arguments are the ones kiota's provider passes.)"""
+    empty token cache and fetch its own. (The arguments are the ones kiota's provider passes; the audience is the
+    configured one, as for every Graph call.)"""
     with contextlib.suppress(Exception):  # the lookup itself reports any authentication problem
-        await credential.get_token(GRAPH_AUDIENCE + "/.default", enable_cae=True)
+        await credential.get_token(graph_scope(settings), enable_cae=True)
 
 
 async def applications(
@@ -94,7 +95,7 @@ async def applications(
         return {}
     run.tick("applications", 0, len(app_ids))
     run.requests["graph.lookup_ids"] += len(app_ids)
-    await warm_graph_token(credential)
+    await warm_graph_token(credential, run.settings)
     try:
         found = await graph.lookup_apps(app_ids)
     except GraphAuthorizationError as exc:

@@ -128,7 +128,7 @@ async def scan(
             listed = await vault_listing(run, credential, kwargs)
         source = _ClusterSource(run, credential, aks, kwargs, subscriptions)
         apps = AppLookups(run, graph, credential)
-        await warm_graph_token(credential)  # once, before pages look up applications concurrently
+        await warm_graph_token(credential, settings)  # once, before pages look up applications concurrently
         await _decide_pages(
             run, source, lambda page: _decide_page(run, apps, aks, credential, listed, page, kwargs), sink
         )
