@@ -52,7 +52,7 @@ def test_product_gets_tokens_with_audience_tenant_and_roles(emulator: EmulatorCo
     assert arm["tid"] == ready["tenant_id"] and arm["appid"] == ready["client_id"]
     assert "roles" not in arm
     assert graph["aud"] == "https://graph.microsoft.com"
-    assert graph["roles"] == ["Application.ReadWrite.OwnedBy"]
+    assert graph["roles"] == ["Application.ReadWrite.OwnedBy", "AuditLog.Read.All"]
 
 
 def test_sync_credential_and_signature_verifies_against_jwks(emulator: EmulatorControl) -> None:
