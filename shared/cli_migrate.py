@@ -12,12 +12,8 @@ import typer
 from rich.console import Console
 
 from shared import clock
-from shared.aks import AksClient
-from shared.azure import product_credential
-from shared.graph import GraphOps
 from shared.inventory import inventory
-from shared.migration.arm import MigrationArm
-from shared.migration.collect import Collected, Sources, collect
+from shared.migration.collect import Collected, Sources, collect, open_sources
 from shared.migration.execute import Executor, Step, migration_id
 from shared.migration.opt_in import MIGRATE_TAG, opted_in
 from shared.migration.plan import ClusterPlan, Stage
@@ -30,16 +26,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_INPUT = 0, 1, 2
 
 
 async def _with_sources(settings: Settings, work: Any) -> Any:
-    credential = product_credential(settings)
-    try:
-        async with (
-            AksClient(settings, credential) as aks,
-            MigrationArm(settings, credential) as arm,
-            GraphOps(settings, credential) as graph,
-        ):
-            return await work(Sources(settings, credential, aks, arm, graph))
-    finally:
-        await credential.close()
+    async with open_sources(settings) as src:
+        return await work(src)
 
 
 def progress_line(counts: dict[str, int]) -> str:

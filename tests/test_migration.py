@@ -18,12 +18,10 @@ from emulator.azurite import Azurite
 from emulator.role_assignments import ASSIGNMENTS_QUERY as EMULATED_QUERY
 from emulator.sandbox import EmulatorControl, settings_env
 from shared import clock
-from shared.aks import AksClient, AksError
-from shared.azure import product_credential
-from shared.graph import GraphOps
+from shared.aks import AksError
 from shared.migration import plan as rules
-from shared.migration.arm import ASSIGNMENTS_QUERY, Identity, MigrationArm
-from shared.migration.collect import Sources, collect
+from shared.migration.arm import ASSIGNMENTS_QUERY, Identity
+from shared.migration.collect import Sources, collect, open_sources
 from shared.settings import Settings
 from tests.plugins.azurite import StorageNames
 from tests.plugins.emulator import product_env
@@ -42,16 +40,8 @@ ESTATE = [
 
 def _run(settings: Settings, work: Callable[[Sources], Awaitable[T]]) -> T:
     async def go() -> T:
-        credential = product_credential(settings)
-        try:
-            async with (
-                AksClient(settings, credential) as aks,
-                MigrationArm(settings, credential) as arm,
-                GraphOps(settings, credential) as graph,
-            ):
-                return await work(Sources(settings, credential, aks, arm, graph))
-        finally:
-            await credential.close()
+        async with open_sources(settings) as src:
+            return await work(src)
 
     return asyncio.run(go())
 

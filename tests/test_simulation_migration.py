@@ -14,11 +14,7 @@ from typing import Any
 
 from emulator.sandbox import EmulatorControl
 from shared import api, clock, shards
-from shared.aks import AksClient
-from shared.azure import product_credential
-from shared.graph import GraphOps
-from shared.migration.arm import MigrationArm
-from shared.migration.collect import Sources
+from shared.migration.collect import open_sources
 from shared.migration.execute import Executor, Phase, Step
 from shared.migration.retire import application_id
 from shared.store import RotationStore
@@ -46,34 +42,25 @@ class Driver:
 
     async def tick(self, sim: Simulation) -> None:
         settings = sim.settings
-        credential = product_credential(settings)
-        try:
-            async with (
-                AksClient(settings, credential) as aks,
-                MigrationArm(settings, credential) as arm,
-                GraphOps(settings, credential) as graph,
-                RotationStore(settings) as store,
-            ):
-                await store.ensure()
-                executor = Executor(
-                    Sources(settings, credential, aks, arm, graph),
-                    store,
-                    poll_seconds=settings.lro_poll_seconds,
-                    requeue_seconds=300,
-                )
-                for cluster_id, due in sorted(self.due.items()):
-                    if due > sim.now():
-                        continue
-                    moment = sim.now()
-                    step = await executor.advance(cluster_id, moment)
-                    self.steps.append(step)
-                    sim.log.append(f"{moment:%Y-%m-%d %H:%M} migration {cluster_id.rsplit('/', 1)[-1]}: {step}")
-                    if step.retry_after is None:
-                        del self.due[cluster_id]
-                    else:  # from the instant the step looked (a window wait ends exactly when the window opens)
-                        self.due[cluster_id] = moment + timedelta(seconds=max(60.0, step.retry_after))
-        finally:
-            await credential.close()
+        async with open_sources(settings) as src, RotationStore(settings) as store:
+            await store.ensure()
+            executor = Executor(
+                src,
+                store,
+                poll_seconds=settings.lro_poll_seconds,
+                requeue_seconds=300,
+            )
+            for cluster_id, due in sorted(self.due.items()):
+                if due > sim.now():
+                    continue
+                moment = sim.now()
+                step = await executor.advance(cluster_id, moment)
+                self.steps.append(step)
+                sim.log.append(f"{moment:%Y-%m-%d %H:%M} migration {cluster_id.rsplit('/', 1)[-1]}: {step}")
+                if step.retry_after is None:
+                    del self.due[cluster_id]
+                else:  # from the instant the step looked (a window wait ends exactly when the window opens)
+                    self.due[cluster_id] = moment + timedelta(seconds=max(60.0, step.retry_after))
         if self.due:
             sim.at(min(self.due.values()), self.tick, "migration")
 

@@ -5,8 +5,9 @@ when Resource Graph refuses or fails), node pools, maintenance windows and the a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import AzureError
 
 from shared.aks import AksClient, AksError, ClusterInfo
+from shared.azure import product_credential
 from shared.graph import GraphOps
 from shared.inventory import inventory
 from shared.migration.arm import Assignment, MigrationArm
@@ -37,6 +39,21 @@ class Sources:
         self, settings: Settings, credential: AsyncTokenCredential, aks: AksClient, arm: MigrationArm, graph: GraphOps
     ) -> None:
         self.settings, self.credential, self.aks, self.arm, self.graph = settings, credential, aks, arm, graph
+
+
+@contextlib.asynccontextmanager
+async def open_sources(settings: Settings) -> AsyncIterator[Sources]:
+    """The product's credential and the clients a plan or a migration step reads through, closed on the way out."""
+    credential = product_credential(settings)
+    try:
+        async with (
+            AksClient(settings, credential) as aks,
+            MigrationArm(settings, credential) as arm,
+            GraphOps(settings, credential) as graph,
+        ):
+            yield Sources(settings, credential, aks, arm, graph)
+    finally:
+        await credential.close()
 
 
 async def _assignments(
